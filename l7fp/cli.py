@@ -102,11 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args, Console())
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        return EXIT_BAD_INPUT
-    except UsageError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except (ConfigError, UsageError) as exc:
+        # markup off: policy names such as ns[foo]-policy[x] must print as written
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
 
 

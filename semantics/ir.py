@@ -137,6 +137,7 @@ class MatchMetadata:
     value: StringMatch | None  # None: present_match
     invert: bool = False
     origin: Origin = NO_ORIGIN
+    list_one_of: bool = False  # value is list_match {one_of: value}: a list holding a matching element
 
 
 @dataclass(frozen=True)

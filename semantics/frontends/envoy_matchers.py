@@ -126,13 +126,19 @@ def _metadata(node: Node) -> ir.MatchMetadata:
         seg.fields({"key"})
         keys.append(seg.req("key").str())
     value = node.req("value")
-    value.fields({"string_match", "present_match"})
-    kind, inner = value.one_of(["string_match", "present_match"])
+    value.fields({"string_match", "present_match", "list_match"})
+    kind, inner = value.one_of(["string_match", "present_match", "list_match"])
+    list_one_of = kind == "list_match"
+    if list_one_of:
+        inner.fields({"one_of"})
+        inner = inner.req("one_of")
+        inner.fields({"string_match"})
+        kind, inner = "string_match", inner.req("string_match")
     matcher = string_match(inner) if kind == "string_match" else None
     if kind == "present_match" and inner.bool() is not True:
         raise inner.error("present_match: false is not modelled")
     invert = node.get("invert").bool() if node.has("invert") else False
-    return ir.MatchMetadata(node.req("filter").str(), tuple(keys), matcher, invert, node.origin)
+    return ir.MatchMetadata(node.req("filter").str(), tuple(keys), matcher, invert, node.origin, list_one_of)
 
 
 def permission(node: Node) -> object:

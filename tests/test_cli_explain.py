@@ -1,0 +1,54 @@
+"""`l7fp explain` as a command: JSON shape per the CLI contract, exit codes 0 and 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from l7fp.semantics.frontends import load_policy
+from l7fp.semantics.interpreter import interpret
+from l7fp.semantics.request import Request
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "bookstore"
+L7FP = [sys.executable, "-m", "l7fp.cli"]
+
+
+def run(*args):
+    return subprocess.run([*L7FP, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_explain_json_matches_the_interpreter():
+    requests = sorted(str(p) for p in (EXAMPLE / "requests").glob("*.http"))
+    args = ["explain", str(EXAMPLE / "envoy.yaml"), "--json"]
+    for r in requests:
+        args += ["--request", r]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    policy = load_policy([str(EXAMPLE / "envoy.yaml")])
+    assert len(entries) == len(requests)
+    for entry, path in zip(entries, requests):
+        for key in ("action", "cluster", "upstream_path", "status", "body", "location", "rule", "fast_path"):
+            assert key in entry
+        expected = interpret(policy, Request.from_file(path))
+        assert entry["action"] == expected.action
+        assert (entry["cluster"], entry["upstream_path"], entry["status"], entry["body"]) == (
+            expected.cluster, expected.upstream_path, expected.status, expected.body)
+    assert {e["action"] for e in entries} == {"forward", "local_reply"}
+
+
+def test_explain_bad_config_exits_2_with_location(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("static_resources:\n  listeners: []\n  secretz: 1\n")
+    result = run("explain", str(bad), "--request", str(next((EXAMPLE / "requests").glob("*.http"))))
+    assert result.returncode == 2
+    assert f"{bad}:3:" in result.stderr and "secretz" in result.stderr
+
+
+def test_explain_unmodelled_request_exits_2(tmp_path):
+    req = tmp_path / "incomplete.http"
+    req.write_bytes(b"GET /books HTTP/1.1\r\nHost: a\r\n")  # header block never ends
+    result = run("explain", str(EXAMPLE / "envoy.yaml"), "--request", str(req), "--json")
+    assert result.returncode == 2
+    assert json.loads(result.stdout)[0]["action"] == "unmodelled"
