@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def verify_main(argv: list[str] | None = None) -> int:
+    """`l7fp-verify`: the proof gate. Synthesis and proofs (synth/, proofs/) are not built yet, so it
+    refuses with a usage error rather than reporting anything as proven."""
+    if "verify" not in COMMANDS:
+        Console(stderr=True).print("error: l7fp verify is not available in this build: synthesis and proofs "
+                                   "(synth/, proofs/) are not built yet", markup=False)
+        return EXIT_BAD_INPUT
     return main(["verify", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -278,6 +278,18 @@ class VirtualHost:
     origin: Origin = NO_ORIGIN
 
 
+def duplicate_domain(vhosts) -> tuple[VirtualHost, str, str] | None:
+    """(virtual host, domain, name of the earlier virtual host) for the first domain listed twice
+    (compared case-insensitively, as Envoy does), or None. Envoy refuses such route configs."""
+    seen: dict[str, str] = {}
+    for vhost in vhosts:
+        for domain in vhost.domains:
+            if domain.lower() in seen:
+                return vhost, domain, seen[domain.lower()]
+            seen[domain.lower()] = vhost.name
+    return None
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     name: str

@@ -224,13 +224,11 @@ def _route_config(node: Node) -> ir.RouteConfig:
     node.fields({"name", "virtual_hosts", "ignore_port_in_host_matching"},
                 inert={"validate_clusters", "max_direct_response_body_size_bytes"})
     vhosts = tuple(_virtual_host(v) for v in node.req("virtual_hosts").list())
-    seen: dict[str, str] = {}
-    for vhost in vhosts:
-        for domain in vhost.domains:
-            if domain.lower() in seen:
-                raise ConfigError(vhost.origin, f"domain {domain!r} also in virtual host {seen[domain.lower()]!r}"
-                                             f" (Envoy rejects duplicate domains)")
-            seen[domain.lower()] = vhost.name
+    duplicate = ir.duplicate_domain(vhosts)
+    if duplicate:
+        vhost, domain, earlier = duplicate
+        raise ConfigError(vhost.origin, f"domain {domain!r} also in virtual host {earlier!r} "
+                                        f"(Envoy rejects duplicate domains)")
     ignore_port = (node.get("ignore_port_in_host_matching").bool()
                    if node.has("ignore_port_in_host_matching") else False)
     name = node.get("name").str() if node.has("name") else ""

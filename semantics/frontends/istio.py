@@ -277,25 +277,24 @@ def _rule(rule: Node, policy_ns: str, workload: Workload) -> tuple[tuple, tuple]
     for cond in rule.get("when").list() if rule.has("when") else []:
         side, clauses = _condition(cond, policy_ns, workload)
         (perm_conditions if side == "permission" else princ_conditions).extend(clauses)
-    permissions = []
-    for entry in rule.get("to").list() if rule.has("to") else []:
-        entry.fields({"operation"})
-        op = entry.req("operation")
-        op.fields(set(_OPERATION_FIELDS) | {f"not_{f}" for f in _OPERATION_FIELDS})
-        permissions.append(ir.MatchAnd(tuple(_fields(op, _OPERATION_FIELDS, policy_ns, workload) + perm_conditions)
-                                       or (ir.MatchAny(op.origin),), op.origin))
-    if not permissions:
-        permissions = [ir.MatchAnd(tuple(perm_conditions) or (ir.MatchAny(rule.origin),), rule.origin)]
-    principals = []
-    for entry in rule.get("from").list() if rule.has("from") else []:
-        entry.fields({"source"})
-        src = entry.req("source")
-        src.fields(set(_PRINCIPAL_FIELDS) | {f"not_{f}" for f in _PRINCIPAL_FIELDS})
-        principals.append(ir.MatchAnd(tuple(_fields(src, _PRINCIPAL_FIELDS, policy_ns, workload) + princ_conditions)
-                                      or (ir.MatchAny(src.origin),), src.origin))
-    if not principals:
-        principals = [ir.MatchAnd(tuple(princ_conditions) or (ir.MatchAny(rule.origin),), rule.origin)]
-    return tuple(permissions), tuple(principals)
+    return (_side(rule, "to", "operation", _OPERATION_FIELDS, perm_conditions, policy_ns, workload),
+            _side(rule, "from", "source", _PRINCIPAL_FIELDS, princ_conditions, policy_ns, workload))
+
+
+def _side(rule: Node, key: str, inner: str, names: list[str], conditions: list, policy_ns: str,
+          workload: Workload) -> tuple:
+    """The permissions (`to`/operation) or principals (`from`/source) of a rule: one AND per entry,
+    each with the rule's conditions of that side; a rule without entries gets one for its conditions."""
+    items = []
+    for entry in rule.get(key).list() if rule.has(key) else []:
+        entry.fields({inner})
+        body = entry.req(inner)
+        body.fields(set(names) | {f"not_{f}" for f in names})
+        items.append(ir.MatchAnd(tuple(_fields(body, names, policy_ns, workload) + conditions)
+                                 or (ir.MatchAny(body.origin),), body.origin))
+    if not items:
+        items = [ir.MatchAnd(tuple(conditions) or (ir.MatchAny(rule.origin),), rule.origin)]
+    return tuple(items)
 
 
 # ---- AuthorizationPolicy -------------------------------------------------------------------------
@@ -361,6 +360,10 @@ def _authorization_policy(doc: Node, workload: Workload, groups: dict[str, _Grou
     (group.shadow if dry_run else group.rules).extend(policies)
 
 
+def _by_name(policies: list[ir.RbacPolicy]) -> tuple[ir.RbacPolicy, ...]:
+    return tuple(sorted(policies, key=lambda p: p.name))  # Envoy evaluates policies in name order
+
+
 _ACTION_ORDER = [("AUDIT", "LOG"), ("DENY", "DENY"), ("ALLOW", "ALLOW")]
 
 
@@ -370,9 +373,8 @@ def _rbac_filters(groups: dict[str, _Group], origin: Origin) -> list[ir.RbacFilt
         group = groups.get(istio_action)
         if group is None:
             continue
-        by_name = lambda ps: tuple(sorted(ps, key=lambda p: p.name))  # noqa: E731  (Envoy orders by name)
-        rules = ir.RbacRules(envoy_action, by_name(group.rules), origin) if group.rules else None
-        shadow = ir.RbacRules(envoy_action, by_name(group.shadow), origin) if group.shadow else None
+        rules = ir.RbacRules(envoy_action, _by_name(group.rules), origin) if group.rules else None
+        shadow = ir.RbacRules(envoy_action, _by_name(group.shadow), origin) if group.shadow else None
         filters.append(ir.RbacFilter("envoy.filters.http.rbac", rules, shadow, origin))
     return filters
 
@@ -536,13 +538,11 @@ def policy_from_documents(docs: list[Document], workload: Workload | None = None
     if not vhosts:
         return policy_with_default_routes(filters, sources, workload.listener)
     clusters = sorted({r.action.cluster for v in vhosts for r in v.routes if isinstance(r.action, ir.ForwardAction)})
-    seen: dict[str, str] = {}
-    for vhost in vhosts:
-        for domain in vhost.domains:
-            if domain.lower() in seen:
-                raise ConfigError(vhost.origin, f"host {domain!r} is also in VirtualService {seen[domain.lower()]!r}; "
-                                                f"merging VirtualServices is not modelled")
-            seen[domain.lower()] = vhost.name
+    duplicate = ir.duplicate_domain(vhosts)
+    if duplicate:
+        vhost, domain, earlier = duplicate
+        raise ConfigError(vhost.origin, f"host {domain!r} is also in VirtualService {earlier!r}; "
+                                        f"merging VirtualServices is not modelled")
     routes = ir.RouteConfig("outbound", tuple(vhosts), False, origin)
     return ir.Policy(workload.listener, ir.HcmOptions(), tuple(filters), routes,
                      tuple(ir.Cluster(c, (), origin) for c in clusters), sources)
