@@ -317,6 +317,8 @@ def interpret(policy: ir.Policy, request: Request) -> Outcome:
     """What Envoy does with `request` under `policy` (raises Unmodelled where the model stops)."""
     outcome = _interpret(policy, request)
     if outcome.action == "local_reply" and outcome.body and request.raw.startswith(b"HEAD "):
+        if outcome.rule == "codec":
+            raise Unmodelled("the body of a codec error reply to a HEAD request has not been measured")
         # A response to HEAD carries no body (measured: direct responses, RBAC and fault replies).
         outcome = replace(outcome, body="")
     return outcome
