@@ -17,6 +17,7 @@ from dataclasses import dataclass
 KNOWN_METHODS = frozenset("""DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND
 PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE
 UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE""".split())
+_KNOWN_METHOD_BYTES = frozenset(m.encode() for m in KNOWN_METHODS)
 
 _STATUS_TEXT = {400: "Bad Request", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
                 501: "Not Implemented"}
@@ -87,7 +88,7 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
     if len(parts) != 3:
         return CodecReply(400, "http1.codec_error")
     method, target, version = parts
-    if method not in {m.encode() for m in KNOWN_METHODS}:
+    if method not in _KNOWN_METHOD_BYTES:
         return CodecReply(400, "http1.codec_error")
     vmatch = _VERSION.fullmatch(version)
     if not vmatch:
