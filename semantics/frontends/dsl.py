@@ -14,7 +14,7 @@ from lark.exceptions import UnexpectedInput
 
 from .. import ir
 from ..errors import ConfigError, Origin
-from ..regex import RegexSyntaxError, parse as parse_regex
+from ..regex import parse_at
 
 _PARSER = Lark(Path(__file__).with_name("dsl.lark").read_text(), parser="lalr", propagate_positions=True)
 _STROPS = {"==": "exact", "prefix": "prefix", "suffix": "suffix", "contains": "contains", "regex": "regex"}
@@ -35,10 +35,7 @@ class _File:
         kind, text = _STROPS[str(op)], self.string(value)
         origin = self.origin(value, key)
         if kind == "regex":
-            try:
-                return ir.StringMatch("regex", text, regex=parse_regex(text), origin=origin)
-            except RegexSyntaxError as exc:
-                raise ConfigError(origin, str(exc)) from None
+            return ir.StringMatch("regex", text, regex=parse_at(text, origin), origin=origin)
         return ir.StringMatch(kind, text, ignore_case, origin=origin)
 
     def cond(self, tree: Tree, sides: set) -> object:
@@ -136,12 +133,7 @@ def _route(f: _File, stmt: Tree, index: int) -> ir.Route:
     kind = {"prefix": "prefix", "path": "path", "regex": "safe_regex"}[str(kids[0])]
     value = f.string(kids[1])
     o = f.origin(stmt, f"route[{index}]")
-    regex = None
-    if kind == "safe_regex":
-        try:
-            regex = parse_regex(value)
-        except RegexSyntaxError as exc:
-            raise ConfigError(o, str(exc)) from None
+    regex = parse_at(value, o) if kind == "safe_regex" else None
     headers = ()
     action_tree = kids[-1]
     if len(kids) == 4:

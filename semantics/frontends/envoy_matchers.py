@@ -10,7 +10,7 @@ import ipaddress
 
 from .. import ir
 from ..located_yaml import Node
-from ..regex import RegexSyntaxError, parse as parse_regex
+from ..regex import parse_at
 
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 
@@ -22,10 +22,7 @@ def regex_of(node: Node) -> ir.Regex:
         engine = node.req("google_re2")
         if engine.value not in ({}, None):
             engine.fields(set(), {"max_program_size"})
-    try:
-        return parse_regex(node.req("regex").str())
-    except RegexSyntaxError as exc:
-        raise node.req("regex").error(str(exc)) from None
+    return parse_at(node.req("regex").str(), node.req("regex").origin)
 
 
 def string_match(node: Node) -> ir.StringMatch:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .. import ir
 from ..errors import ConfigError, Origin
 from ..located_yaml import Document, Node
-from ..regex import RegexSyntaxError, parse as parse_regex
+from ..regex import parse_at
 
 DEFAULT_LISTENER = ("127.0.0.1", 15006)
 WORKLOAD_CLUSTER = "inbound|workload"
@@ -56,10 +56,7 @@ def _header(name: str, value: str, origin: Origin, ignore_case: bool = False) ->
 
 
 def _regex(pattern: str, origin: Origin) -> ir.StringMatch:
-    try:
-        return ir.StringMatch("regex", pattern, regex=parse_regex(pattern), origin=origin)
-    except RegexSyntaxError as exc:
-        raise ConfigError(origin, str(exc)) from None
+    return ir.StringMatch("regex", pattern, regex=parse_at(pattern, origin), origin=origin)
 
 
 def _path(value: str, node: Node) -> ir.MatchUrlPath:
