@@ -37,7 +37,32 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--listener", help="listener name, when the bootstrap has several")
     explain.add_argument("--source", default="127.0.0.1:40000", metavar="IP:PORT",
                          help="client address the requests come from (default 127.0.0.1:40000)")
+
+    verify = sub.add_parser("verify", help="synthesize the kernel DAG and prove it decides as Envoy (or punts)",
+                            description="Compile the policy into the kernel's match-action DAG and prove with Z3 "
+                            f"that, for every request, it punts or decides exactly as Envoy {ENVOY_VERSION}. "
+                            "Exit 0 proven, 1 counterexample, 2 bad input, 3 solver unknown/timeout.")
+    verify.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
+    _report_options(verify)
+    verify.add_argument("--listener", help="listener name, when the bootstrap has several")
+    verify.add_argument("--emit-smt", metavar="DIR", help="write every proof obligation as SMT-LIB2 into DIR")
+
+    diff = sub.add_parser("diff", help="semantic diff of two policy versions (pre-merge gate)",
+                          description="Prove two versions of a policy answer every request alike, or print "
+                          "witnesses: raw requests with both answers. Exit 0 equivalent, 1 different, 2 bad input, "
+                          "3 undecided.")
+    diff.add_argument("old", metavar="OLD", help="the policy before the change (file, or several joined with ',')")
+    diff.add_argument("new", metavar="NEW", help="the policy after the change")
+    _report_options(diff)
     return parser
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json", "sarif", "junit"), default="text",
+                        help="report format (default text)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                        help="solver time budget per query in seconds (default 120); running out is exit 3")
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -91,7 +116,50 @@ def cmd_explain(args, out: Console) -> int:
     return EXIT_BAD_INPUT if unmodelled else EXIT_OK
 
 
-COMMANDS = {"explain": cmd_explain}
+def _emit(args, out: Console, text: str | None, render_text) -> None:
+    """Print or write the report; text goes through rich, the machine formats verbatim."""
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            if text is None:
+                render_text(Console(file=handle, width=120, force_terminal=False))
+            else:
+                handle.write(text + "\n")
+    elif text is None:
+        render_text(out)
+    else:
+        print(text)
+
+
+def cmd_verify(args, out: Console) -> int:
+    from l7fp.proofs import report
+    from l7fp.proofs.refinement import Budget, verify
+    from l7fp.semantics.frontends import load_policy
+
+    policy = load_policy(args.configs, listener=args.listener)
+    with Console(stderr=True).status("synthesizing and proving…"):
+        result = verify(policy, Budget(timeout_s=args.timeout), smt_dir=args.emit_smt)
+    formats = {"json": lambda: report.verify_json([result]), "sarif": lambda: report.verify_sarif([result]),
+               "junit": lambda: report.verify_junit([result]), "text": lambda: None}
+    _emit(args, out, formats[args.format](), lambda console: report.verify_text([result], console))
+    return {"proven": EXIT_OK, "counterexample": EXIT_DIFFERENT}.get(result.verdict, EXIT_UNKNOWN)
+
+
+def cmd_diff(args, out: Console) -> int:
+    from l7fp.proofs import report
+    from l7fp.proofs.diff import diff
+    from l7fp.proofs.refinement import Budget
+    from l7fp.semantics.frontends import load_policy
+
+    old, new = load_policy(args.old.split(",")), load_policy(args.new.split(","))
+    with Console(stderr=True).status("comparing the two versions…"):
+        result = diff(old, new, Budget(timeout_s=args.timeout))
+    formats = {"json": lambda: json.dumps(result.to_json(), indent=2), "sarif": lambda: report.diff_sarif(result),
+               "junit": lambda: report.diff_junit(result), "text": lambda: None}
+    _emit(args, out, formats[args.format](), lambda console: report.diff_text(result, console))
+    return {"equivalent": EXIT_OK, "different": EXIT_DIFFERENT}.get(result.verdict, EXIT_UNKNOWN)
+
+
+COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,12 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    """`l7fp-verify`: the proof gate. Synthesis and proofs (synth/, proofs/) are not built yet, so it
-    refuses with a usage error rather than reporting anything as proven."""
-    if "verify" not in COMMANDS:
-        Console(stderr=True).print("error: l7fp verify is not available in this build: synthesis and proofs "
-                                   "(synth/, proofs/) are not built yet", markup=False)
-        return EXIT_BAD_INPUT
+    """`l7fp-verify`: the same as `l7fp verify`."""
     return main(["verify", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""verify_scaling: how long the proof gate takes as a policy grows.
+
+Generates synthetic policies of N rules (DSL text, written to a temporary directory and loaded
+through the ordinary frontend), runs `l7fp.proofs.refinement.verify` on each, and prints one row
+per size: DAG shape, the time spent compiling, encoding and solving (per obligation), total wall
+time and the verdict. Then checks the measured times against the design targets
+("20 rules < 1 s", "1000 rules < 60 s"). A benchmark driver, not a test: it asserts nothing and
+exits 0 whatever it measures (exit 1 only on a crash or a bad option).
+
+USAGE: .venv/bin/python bench/verify_scaling.py [-h] [--sizes 10,20,100,1000] [--timeout SECS]
+           [--rlimit N] [--hcm-options normalize_path,merge_slashes] [--format table|json]
+           [--out FILE.json] [--plot FILE.png] [--keep DIR] [--no-parts] [--quiet]
+
+EXAMPLES:
+    .venv/bin/python bench/verify_scaling.py                       # 10, 20, 100, 1000 rules
+    .venv/bin/python bench/verify_scaling.py --sizes 10,20,100     # skip the slow one
+    .venv/bin/python bench/verify_scaling.py --sizes 20 --format json --out /tmp/v.json
+    .venv/bin/python bench/verify_scaling.py --sizes 10,20,100 --plot /tmp/scaling.png
+    .venv/bin/python bench/verify_scaling.py --sizes 50 --keep /tmp/gen   # keep the .l7fp files
+
+THE POLICY of N rules: ceil(N/2) RBAC rules and floor(N/2) routes over distinct prefixes /svc{i}/:
+    allow "svc{i}-read"  when method in [GET, HEAD] and path prefix "/svc{i}/" and header x-tenant == "t{i}"
+    allow "svc{i}-write" when method == POST and path prefix "/svc{i}/" and header x-api-key == "k{i}"
+    deny  "svc{i}-admin" when method == DELETE and path prefix "/svc{i}/admin" and header x-role == "guest"
+(every fourth RBAC rule is a deny, the others alternate read/write), and
+    route prefix "/svc{i}/" -> c{i % 8}
+over 8 clusters, with the connection-manager options of the bookstore example (normalize_path,
+merge_slashes; change with --hcm-options, "" for none). Header names come from a small fixed set,
+as in real meshes: the symbolic request grows with the number of distinct header names, not values.
+
+OUTPUT columns: rules; DAG nodes/tests/leaves/depth (report.dag.stats()); load (DSL parse to IR),
+compile (IR -> DAG), encode (symbolic reference + DAG meaning), solver seconds per obligation
+(bounds, refinement, never_more_permissive), verify (wall time of verify(), which also includes
+replaying any counterexample), total (load + verify: what `l7fp verify` makes a user wait for, less
+interpreter start-up) and the verdict. Unless --no-parts, the script also times each solver query
+("part", e.g. refinement/cluster) and names the slowest part per size.
+
+CAVEATS:
+  - --timeout is Z3's wall-clock timeout for each solver query (one obligation *part*), not for the
+    whole size: a size runs 12 queries (more if an over-approximating query must be re-asked
+    exactly), so a bad case takes 12x the timeout or more. An unknown answer (timeout, resource
+    limit) makes the verdict "unknown"; its time still counts.
+  - --rlimit defaults to 0 (Z3: no resource limit) so that --timeout governs. The proof code's own
+    default Budget has a deterministic rlimit (about a minute of solving); pass it with
+    --rlimit 200000000 to measure what `l7fp verify` does with its defaults.
+  - Per-part timing (default on) wraps the prover's `check` method in this process only (the proof
+    code is not changed); it adds no solver work. --no-parts turns it off if the internals move.
+  - One run per size, in one process, smallest first: Z3 and Python caches warm up, so the first
+    size pays some start-up cost. Run sizes separately for a cold measurement. Times are from
+    time.perf_counter on this machine; compare runs on the same machine only.
+  - A target passes only if the verdict is "proven" and the total time is under the target;
+    a size that was not run is reported as "not measured".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+try:  # run as a script from anywhere: the package is installed (editable) in .venv
+    import l7fp  # noqa: F401
+except ImportError:  # pragma: no cover - fall back to the repository checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import z3
+from rich.console import Console
+from rich.table import Table
+
+from l7fp.proofs import refinement
+from l7fp.proofs.refinement import OBLIGATIONS, Budget, verify
+from l7fp.semantics.frontends import load_policy
+
+DEFAULT_SIZES = (10, 20, 100, 1000)
+TARGETS = ((20, 1.0), (1000, 60.0))  # (rules, seconds): DESIGN targets for the proof gate
+CLUSTERS = 8
+
+
+# ---- policy generation -------------------------------------------------------------------------
+def policy_text(n: int, hcm_options: list[str]) -> str:
+    """DSL text of a policy with exactly n rules (ceil(n/2) RBAC rules, floor(n/2) routes)."""
+    n_rbac, n_routes = (n + 1) // 2, n // 2
+    lines = [f"# verify_scaling: synthetic policy, {n} rules ({n_rbac} RBAC, {n_routes} routes)",
+             "listener 127.0.0.1:18080"]
+    if hcm_options:
+        lines.append("options " + " ".join(hcm_options))
+    lines += [f"cluster c{j} 127.0.0.1:{19000 + j}" for j in range(CLUSTERS)]
+    for i in range(n_rbac):
+        if i % 4 == 3:
+            lines.append(f'deny "svc{i}-admin" when method == DELETE and path prefix "/svc{i}/admin" '
+                         f'and header x-role == "guest"')
+        elif i % 2 == 0:
+            lines.append(f'allow "svc{i}-read" when method in [GET, HEAD] and path prefix "/svc{i}/" '
+                         f'and header x-tenant == "t{i}"')
+        else:
+            lines.append(f'allow "svc{i}-write" when method == POST and path prefix "/svc{i}/" '
+                         f'and header x-api-key == "k{i}"')
+    lines += [f'route prefix "/svc{i}/" -> c{i % CLUSTERS}' for i in range(n_routes)]
+    return "\n".join(lines) + "\n"
+
+
+# ---- per-part timing (instrumentation of this process only) ------------------------------------
+@contextmanager
+def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console):
+    """Record every solver query verify() makes: obligation, part, answer, seconds."""
+    prover_cls = getattr(refinement, "_Prover", None)
+    if not enabled or prover_cls is None or not hasattr(prover_cls, "check"):
+        yield False
+        return
+    original = prover_cls.check
+
+    def check(self, obligation, part, goal, on_model, exact=None):
+        solver = self.solver
+        real_check = solver.check
+        answers = []
+
+        def spy(*args, **kwargs):
+            answer = real_check(*args, **kwargs)
+            answers.append(str(answer))
+            return answer
+
+        solver.check = spy  # z3.Solver is a plain Python object: shadow its method for this call
+        start = time.perf_counter()
+        try:
+            return original(self, obligation, part, goal, on_model, exact)
+        finally:
+            seconds = time.perf_counter() - start
+            del solver.check
+            if answers:  # skipped parts (obligation already refuted) ran no query
+                parts.append({"obligation": obligation, "part": part, "answers": answers,
+                              "seconds": round(seconds, 3)})
+                if not quiet:
+                    console.print(f"    [dim]{obligation}/{part}: {'/'.join(answers)} in {seconds:.2f} s[/]")
+
+    prover_cls.check = check
+    try:
+        yield True
+    finally:
+        prover_cls.check = original
+
+
+# ---- measurement -------------------------------------------------------------------------------
+def measure(n: int, workdir: Path, budget: Budget, hcm_options: list[str], parts_on: bool, quiet: bool,
+            console: Console) -> dict:
+    path = workdir / f"scaling_{n}.l7fp"
+    path.write_text(policy_text(n, hcm_options))
+    start = time.perf_counter()
+    policy = load_policy([str(path)])
+    loaded = time.perf_counter()
+    parts: list[dict] = []
+    with timed_parts(parts, parts_on, quiet, console) as timing:
+        report = verify(policy, budget, stem=f"scaling_{n}")
+    done = time.perf_counter()
+    obligations = {o.name: {"status": o.status, "seconds": round(o.seconds, 3),
+                            **({"reason": o.reason} if o.reason else {})} for o in report.obligations}
+    row = {"rules": n, "rbac_rules": (n + 1) // 2, "routes": n // 2, "file": str(path),
+           "dag": report.dag.stats(), "load_seconds": round(loaded - start, 3),
+           "compile_seconds": round(report.compile_seconds, 3),
+           "encode_seconds": round(report.encode_seconds, 3),
+           "solver_seconds": round(report.solver_seconds, 3), "obligations": obligations,
+           "verify_seconds": round(done - loaded, 3), "total_seconds": round(done - start, 3),
+           "verdict": report.verdict,
+           "counterexamples": [c.to_json() for c in report.counterexamples]}
+    if timing:
+        row["parts"] = parts
+        if parts:
+            slowest = max(parts, key=lambda p: p["seconds"])
+            row["slowest_part"] = f"{slowest['obligation']}/{slowest['part']}"
+    return row
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    by_size = {r["rules"]: r for r in rows}
+    out = []
+    for rules, limit in TARGETS:
+        row = by_size.get(rules)
+        if row is None:
+            out.append({"target": f"{rules} rules < {limit:g} s", "measured_seconds": None,
+                        "verdict": None, "result": "not measured"})
+            continue
+        ok = row["verdict"] == refinement.PROVEN and row["total_seconds"] < limit
+        out.append({"target": f"{rules} rules < {limit:g} s", "measured_seconds": row["total_seconds"],
+                    "verdict": row["verdict"], "result": "pass" if ok else "fail"})
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------------
+def print_table(console: Console, result: dict) -> None:
+    table = Table(title=f"verify() vs policy size (timeout {result['budget']['timeout_s']:g} s per part, "
+                        f"rlimit {result['budget']['rlimit'] or 'none'})")
+    short = {"bounds": "bounds s", "refinement": "refine s", "never_more_permissive": "nmp s"}
+    for name in ("rules", "nodes", "tests", "leaves", "depth", "load s", "compile s", "encode s",
+                 *[short.get(o, f"{o} s") for o in OBLIGATIONS], "verify s", "total s", "verdict"):
+        table.add_column(name, justify="left" if name == "verdict" else "right", no_wrap=True)
+    for r in result["runs"]:
+        d = r["dag"]
+        colour = {"proven": "green", "counterexample": "red"}.get(r["verdict"], "yellow")
+        table.add_row(str(r["rules"]), str(d["nodes"]), str(d["tests"]), str(d["leaves"]), str(d["depth"]),
+                      f"{r['load_seconds']:.3f}", f"{r['compile_seconds']:.3f}", f"{r['encode_seconds']:.3f}",
+                      *[_obligation_cell(r["obligations"].get(o)) for o in OBLIGATIONS],
+                      f"{r['verify_seconds']:.3f}", f"{r['total_seconds']:.3f}",
+                      f"[{colour}]{r['verdict']}[/]")
+    console.print(table)
+    console.print("  solver seconds per obligation: bounds, refine = refinement, nmp = never_more_permissive; "
+                  "total = load + verify")
+    for r in result["runs"]:
+        if r.get("parts"):
+            top = sorted(r["parts"], key=lambda p: -p["seconds"])[:3]
+            share = sum(p["seconds"] for p in top) / max(r["solver_seconds"], 1e-9)
+            console.print(f"  {r['rules']:>5} rules, slowest parts: "
+                          + ", ".join(f"{p['obligation']}/{p['part']} {p['seconds']:.2f} s" for p in top)
+                          + f" ({share:.0%} of solver time)")
+        for name, o in r["obligations"].items():
+            if o.get("reason"):
+                console.print(f"  {r['rules']:>5} rules, {name}: {o['status']} ({o['reason']})")
+    for t in result["targets"]:
+        colour = {"pass": "green", "fail": "red"}.get(t["result"], "yellow")
+        measured = "-" if t["measured_seconds"] is None else f"{t['measured_seconds']:.3f} s ({t['verdict']})"
+        console.print(f"target {t['target']:<20} measured {measured:<28} [{colour}]{t['result']}[/]")
+    if result.get("incomplete"):
+        console.print(f"[yellow]incomplete: {result['incomplete']}[/]")
+
+
+def _obligation_cell(o: dict | None) -> str:
+    if o is None:
+        return "-"
+    mark = "" if o["status"] == refinement.PROVEN else f" [red]{o['status'][0].upper()}[/]"
+    return f"{o['seconds']:.3f}{mark}"
+
+
+def plot(path: str, rows: list[dict], console: Console) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        console.print(f"[yellow]--plot {path}: matplotlib is not installed in this environment "
+                      f"({sys.executable}); no plot written. Install it (pip install matplotlib) "
+                      f"or plot the --out JSON elsewhere.[/]")
+        return
+    rules = [r["rules"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.loglog(rules, [max(r["total_seconds"], 1e-3) for r in rows], "o-", label="total")
+    left.loglog(rules, [max(r["solver_seconds"], 1e-3) for r in rows], "s--", label="solver")
+    for n, limit in TARGETS:
+        left.plot([n], [limit], "rx", markersize=10)
+        left.annotate(f"target {n}: {limit:g} s", (n, limit), textcoords="offset points", xytext=(5, 5))
+    left.set_xlabel("rules")
+    left.set_ylabel("seconds")
+    left.set_title("verify time")
+    left.legend()
+    right.loglog(rules, [r["dag"]["nodes"] for r in rows], "o-")
+    right.set_xlabel("rules")
+    right.set_ylabel("DAG nodes")
+    right.set_title("DAG size")
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    console.print(f"plot written to {path}")
+
+
+# ---- main --------------------------------------------------------------------------------------
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError("--sizes wants positive integers")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="verify_scaling.py", description="Proof time vs policy size (see the module docstring).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[8:16]))
+    parser.add_argument("--sizes", type=parse_sizes, default=list(DEFAULT_SIZES),
+                        help="comma-separated rule counts (default: 10,20,100,1000)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="Z3 wall-clock timeout per obligation part, seconds (default 120)")
+    parser.add_argument("--rlimit", type=int, default=0,
+                        help="Z3 resource limit per part; 0 = none (default), so --timeout governs")
+    parser.add_argument("--hcm-options", default="normalize_path,merge_slashes",
+                        help='connection-manager options of the generated policies ("" for none)')
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--out", metavar="FILE", help="also write the JSON results here (after every size)")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot time and DAG nodes vs rules (needs matplotlib)")
+    parser.add_argument("--keep", metavar="DIR", help="write the generated .l7fp files here and keep them")
+    parser.add_argument("--no-parts", action="store_true", help="do not time individual solver queries")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+
+    out = Console(soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(soft_wrap=True, width=160)
+    progress = Console(stderr=True, quiet=args.quiet, soft_wrap=True)
+    hcm_options = [o for o in args.hcm_options.split(",") if o.strip()]
+    budget = Budget(timeout_s=args.timeout, rlimit=args.rlimit)
+    result = {"tool": "bench/verify_scaling.py", "sizes": args.sizes,
+              "budget": {"timeout_s": budget.timeout_s, "rlimit": budget.rlimit},
+              "hcm_options": hcm_options, "python": platform.python_version(),
+              "z3": z3.get_version_string(), "machine": platform.machine(), "runs": [], "targets": []}
+
+    def save():
+        result["targets"] = targets(result["runs"])
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="l7fp-scaling-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for n in args.sizes:
+                progress.print(f"[bold]{n} rules[/] ...")
+                row = measure(n, workdir, budget, hcm_options, not args.no_parts, args.quiet, progress)
+                result["runs"].append(row)
+                progress.print(f"  {n} rules: {row['verdict']} in {row['total_seconds']:.2f} s "
+                               f"(compile {row['compile_seconds']:.2f}, encode {row['encode_seconds']:.2f}, "
+                               f"solver {row['solver_seconds']:.2f}; DAG {row['dag']['nodes']} nodes)")
+                save()
+        except KeyboardInterrupt:
+            done = [r["rules"] for r in result["runs"]]
+            result["incomplete"] = f"interrupted during {len(done) < len(args.sizes) and args.sizes[len(done)]} " \
+                                   f"rules; completed sizes: {done}"
+            progress.print(f"[yellow]{result['incomplete']}[/]")
+        save()
+
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(out, result)
+    if args.plot:
+        plot(args.plot, result["runs"], progress if args.format == "json" else out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

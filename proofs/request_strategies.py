@@ -1,0 +1,201 @@
+"""Hypothesis strategies for requests in the field model (semantics/fields.py), aimed at one policy.
+
+Differential checks (interpreter vs Z3 meaning, DAG vs interpreter, DAG vs its Z3 translation) only
+find something when requests reach a policy's corners: its route prefixes, header values, domains
+and CIDRs, and the edges where a stage must PUNT or the codec answers first ('%', '..', '//', '#',
+case variants, repeated headers, unknown methods, no Host or two). Random bytes almost never hit a
+policy's constants, so `field_requests(policy)` draws from the constants found in the IR
+(`constants(policy)`) mixed with random pieces, always inside the field model's alphabets: every
+draw renders to bytes that the codec model parses back to the same fields.
+
+Used by tests/semantics/test_symbolic_vs_interpreter.py and tests/synth/test_dag.py; later by
+`l7fp fuzz` (the same strategy, driven with a seed and --max-examples).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields as dc_fields
+
+from hypothesis import strategies as st
+
+from ..semantics import ir
+from ..semantics.fields import METHOD_CHARS, FieldRequest
+from ..semantics.regex import Alt, Cat, Chars, Group, Regex, Repeat
+
+PATH_ALPHABET = "".join(chr(c) for c in range(0x21, 0x7F) if c != 0x3F)  # the path part: no '?'
+QUERY_ALPHABET = "".join(chr(c) for c in range(0x21, 0x7F))
+VALUE_ALPHABET = "\t" + "".join(chr(c) for c in (*range(0x20, 0x7F), *range(0x80, 0x100)))
+METHODS = ("GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+ODD_METHODS = ("get", "FOO", "CONNECT", "TRACE", "M-SEARCH")
+PATH_PIECES = ("/", "/x", "x", "1", "%", "%2f", "%2F", "%5c", "%41", "..", "/..", "/./", "/.", "//", "#",
+               "#f", ";", "\\", "~", "*", "A", ":@")
+VALUE_PIECES = (" ", "-admin", "1", "\t\xe9", "0", "")
+HOST_PIECES = ("localhost", "example.com", "a.b.c", "[::1]", "")
+EXTRA_HEADERS = ("user-agent", "accept", "x-other", "content-length")
+NEVER = frozenset({"transfer-encoding"})  # its value changes the framing: outside the field model
+
+
+@dataclass
+class Constants:
+    """What a policy tests, by the field it tests (str, or a Regex to draw a matching string from)."""
+
+    paths: list = field(default_factory=lambda: ["/"])
+    hosts: list = field(default_factory=list)
+    methods: list = field(default_factory=list)
+    strings: list = field(default_factory=list)
+    headers: dict = field(default_factory=dict)  # header name -> values
+    params: dict = field(default_factory=dict)  # query parameter name -> values
+    cidrs: list = field(default_factory=list)  # IPv4 networks
+
+
+def constants(policy: ir.Policy) -> Constants:
+    c = Constants()
+
+    def add(bucket: list, item):
+        if item not in bucket:
+            bucket.append(item)
+
+    def visit(node, bucket: list | None):
+        if isinstance(node, ir.StringMatch):
+            for target in (bucket, c.strings):
+                if target is not None:
+                    add(target, node.regex if node.kind == "regex" else node.value)
+            return
+        if isinstance(node, ir.HeaderMatch):
+            bucket = {":path": c.paths, ":authority": c.hosts, ":method": c.methods}.get(node.name)
+            bucket = c.headers.setdefault(node.name, []) if bucket is None else bucket
+            for n in node.range or ():
+                for v in (n - 1, n, n + 1):
+                    add(bucket, str(v))
+        elif isinstance(node, ir.QueryParamMatch):
+            bucket = c.params.setdefault(node.name, [])
+        elif isinstance(node, ir.RouteMatch):
+            add(c.paths, node.regex if node.kind == "safe_regex" else node.value)
+            bucket = None
+        elif isinstance(node, ir.MatchUrlPath):
+            bucket = c.paths
+        elif isinstance(node, ir.VirtualHost):
+            for domain in node.domains:
+                for letter in ("a", "", "x.y"):
+                    add(c.hosts, domain.replace("*", letter))
+        elif isinstance(node, ir.Cidr) and ":" not in node.address:
+            add(c.cidrs, ipaddress.ip_network(f"{node.address}/{node.prefix_len}", strict=False))
+        elif isinstance(node, ir.MatchIp) and node.kind == "remote_ip":
+            c.headers.setdefault("x-forwarded-for", [])
+        elif isinstance(node, ir.FaultAbortFilter) and node.header_abort:
+            c.headers.setdefault("x-envoy-fault-abort-request", []).extend(("503", "200", "99", "abc"))
+            c.headers.setdefault("x-envoy-fault-abort-request-percentage", []).append("100")
+        if hasattr(node, "__dataclass_fields__"):
+            for f in dc_fields(node):
+                visit(getattr(node, f.name), bucket)
+        elif isinstance(node, tuple):
+            for item in node:
+                visit(item, bucket)
+
+    visit(policy.filters, None)
+    visit(policy.routes, None)
+    for name in NEVER:
+        c.headers.pop(name, None)
+    return c
+
+
+# ---- drawing pieces -----------------------------------------------------------------------------
+def _regex_sample(draw, node) -> str:
+    """A string the RE2 AST (semantics/regex.py) matches, preferring printable ASCII."""
+    if isinstance(node, Chars):
+        inside = lambda c: any(lo <= c <= hi for lo, hi in node.ranges) != node.negated
+        return chr(draw(st.sampled_from([c for c in range(0x20, 0x7F) if inside(c)] or [node.ranges[0][0]])))
+    if isinstance(node, Cat):
+        return "".join(_regex_sample(draw, i) for i in node.items)
+    if isinstance(node, Alt):
+        return _regex_sample(draw, draw(st.sampled_from(node.items)))
+    if isinstance(node, Group):
+        return _regex_sample(draw, node.item)
+    if isinstance(node, Repeat):
+        n = draw(st.integers(node.min, node.min + 3 if node.max is None else min(node.max, node.min + 3)))
+        return "".join(_regex_sample(draw, node.item) for _ in range(n))
+    return ""  # anchors
+
+
+def _in(text: str, alphabet: str) -> str:
+    """`text` inside the alphabet: code points above 0xff as their UTF-8 bytes, others dropped."""
+    if any(ord(ch) > 0xFF for ch in text):
+        text = text.encode("utf-8").decode("latin-1")
+    return "".join(ch for ch in text if ch in alphabet)
+
+
+def _text(draw, item) -> str:
+    return _regex_sample(draw, item.ast) if isinstance(item, Regex) else item
+
+
+def _piece(draw, pool: list, alphabet: str, extras=()) -> str:
+    """Mostly a policy constant (as is, or case-changed, or cut), else an edge piece or random text.
+    Drawn by index, so examples shrink toward the policy's own constants."""
+    kind = draw(st.integers(0, 9))
+    if pool and kind < 6:
+        item = draw(st.sampled_from(pool))
+    elif extras and kind < 9:
+        item = draw(st.sampled_from(extras))
+    else:
+        item = draw(st.text(alphabet, max_size=6))
+    text = _text(draw, item)
+    text = (text.upper, text.lower, text.swapcase, lambda: text)[min(draw(st.integers(0, 9)), 3)]()
+    if text and draw(st.integers(0, 7)) == 0:
+        cut = draw(st.integers(0, len(text)))
+        text = draw(st.sampled_from((text[:cut], text[cut:])))
+    return _in(text, alphabet)
+
+
+def _value(draw, pool: list, extras=VALUE_PIECES) -> str:
+    value = _piece(draw, pool, VALUE_ALPHABET, extras)
+    if draw(st.integers(0, 3)) == 0:
+        value += _piece(draw, pool, VALUE_ALPHABET, extras)
+    return value.strip(" \t")
+
+
+def _ip(draw, c: Constants) -> str:
+    options = [st.just("127.0.0.1"), st.ip_addresses(v=4).map(str)]
+    for net in c.cidrs:
+        inside = net.network_address + draw(st.integers(0, net.num_addresses - 1))
+        flipped = int(net.network_address) ^ (1 << (32 - net.prefixlen)) if net.prefixlen else int(inside)
+        options += [st.just(str(inside)), st.just(str(ipaddress.ip_address(flipped)))]
+    return draw(st.one_of(*options))
+
+
+@st.composite
+def _request(draw, c: Constants, listener_ip: str) -> FieldRequest:
+    kind = draw(st.integers(0, 9))
+    method = draw(st.sampled_from(c.methods + list(METHODS)) if kind < 8 else st.sampled_from(ODD_METHODS)
+                  if kind < 9 else st.text(METHOD_CHARS, min_size=1, max_size=5))
+    method = _in(_text(draw, method), METHOD_CHARS) or "GET"
+    path = _piece(draw, [p for p in c.paths if isinstance(p, Regex) or p.startswith("/")], PATH_ALPHABET)
+    for _ in range(draw(st.integers(0, 2))):
+        path += _piece(draw, c.paths + c.strings, PATH_ALPHABET, PATH_PIECES)
+    path = path if path.startswith("/") else "/" + path
+    query = None
+    if draw(st.booleans()):
+        params = [f"{_in(name, QUERY_ALPHABET)}={_piece(draw, values, QUERY_ALPHABET)}"
+                  for name, values in sorted(c.params.items()) if draw(st.booleans())]
+        params += [_piece(draw, c.strings, QUERY_ALPHABET, ("a=1", "", "&", "=", "#"))
+                   for _ in range(draw(st.integers(0, 2)))]
+        query = "&".join(draw(st.permutations(params)))
+    hosts = [_value(draw, c.hosts, HOST_PIECES) + draw(st.sampled_from(("", "", "", ":80", ":8080")))
+             for _ in range(draw(st.sampled_from((1, 1, 1, 1, 1, 0, 2))))]
+    headers = [("host", h.strip(" \t")) for h in hosts]
+    if draw(st.integers(0, 3)) == 0:
+        headers.append((draw(st.sampled_from(EXTRA_HEADERS)), "0"))
+    for name, pool in sorted(c.headers.items()):
+        pool = pool + [_ip(draw, c)] if name == "x-forwarded-for" else pool
+        headers += [(name, _value(draw, pool)) for _ in range(draw(st.sampled_from((0, 1, 1, 1, 2))))]
+    lengths = [i for i, (name, _) in enumerate(headers) if name == "content-length"]
+    for n, i in enumerate(lengths):  # Content-Length frames the body: one value, 1-4 digits
+        value = headers[i][1]
+        headers[i] = ("content-length", value if value.isdigit() and len(value) <= 4 else "0") if n == 0 \
+            else ("x-repeated-length", value)
+    dest = listener_ip if listener_ip not in ("0.0.0.0", "") and ":" not in listener_ip else _ip(draw, c)
+    return FieldRequest(method, path, query, tuple(headers), _ip(draw, c), dest)
+
+
+def field_requests(policy: ir.Policy) -> st.SearchStrategy[FieldRequest]:
+    """Requests in the field model, biased toward `policy`'s own constants."""
+    return _request(constants(policy), policy.listener[0])
