@@ -6,17 +6,19 @@ through the ordinary frontend), runs `l7fp.proofs.refinement.verify` on each, an
 per size: DAG shape, the time spent compiling, encoding and solving (per obligation), total wall
 time and the verdict. Then checks the measured times against the design targets
 ("20 rules < 1 s", "1000 rules < 60 s"). A benchmark driver, not a test: it asserts nothing and
-exits 0 whatever it measures (exit 1 only on a crash or a bad option).
+exits 0 whatever it measures (130 if interrupted, non-zero on a crash or a bad option).
 
 USAGE: .venv/bin/python bench/verify_scaling.py [-h] [--sizes 10,20,100,1000] [--timeout SECS]
-           [--rlimit N] [--hcm-options normalize_path,merge_slashes] [--format table|json]
-           [--out FILE.json] [--plot FILE.png] [--keep DIR] [--no-parts] [--quiet]
+           [--rlimit N] [--max-seconds SECS] [--hcm-options normalize_path,merge_slashes]
+           [--clusters K] [--format table|json] [--out FILE.json] [--plot FILE.png] [--keep DIR]
+           [--no-parts] [--quiet]
 
 EXAMPLES:
     .venv/bin/python bench/verify_scaling.py                       # 10, 20, 100, 1000 rules
     .venv/bin/python bench/verify_scaling.py --sizes 10,20,100     # skip the slow one
     .venv/bin/python bench/verify_scaling.py --sizes 20 --format json --out /tmp/v.json
     .venv/bin/python bench/verify_scaling.py --sizes 10,20,100 --plot /tmp/scaling.png
+    .venv/bin/python bench/verify_scaling.py --sizes 1000 --max-seconds 600   # give up after 10 min
     .venv/bin/python bench/verify_scaling.py --sizes 50 --keep /tmp/gen   # keep the .l7fp files
 
 THE POLICY of N rules: ceil(N/2) RBAC rules and floor(N/2) routes over distinct prefixes /svc{i}/:
@@ -25,8 +27,8 @@ THE POLICY of N rules: ceil(N/2) RBAC rules and floor(N/2) routes over distinct 
     deny  "svc{i}-admin" when method == DELETE and path prefix "/svc{i}/admin" and header x-role == "guest"
 (every fourth RBAC rule is a deny, the others alternate read/write), and
     route prefix "/svc{i}/" -> c{i % 8}
-over 8 clusters, with the connection-manager options of the bookstore example (normalize_path,
-merge_slashes; change with --hcm-options, "" for none). Header names come from a small fixed set,
+over 8 clusters (--clusters K), with the connection-manager options of the bookstore example
+(normalize_path, merge_slashes; change with --hcm-options, "" for none). Header names come from a small fixed set,
 as in real meshes: the symbolic request grows with the number of distinct header names, not values.
 
 OUTPUT columns: rules; DAG nodes/tests/leaves/depth (report.dag.stats()); load (DSL parse to IR),
@@ -49,6 +51,11 @@ CAVEATS:
   - One run per size, in one process, smallest first: Z3 and Python caches warm up, so the first
     size pays some start-up cost. Run sizes separately for a cold measurement. Times are from
     time.perf_counter on this machine; compare runs on the same machine only.
+  - --max-seconds (per size) clamps each query's timeout to the time left and abandons verify()
+    between queries once it has passed: the row's verdict is then "incomplete", with the parts
+    answered so far; its times are lower bounds. Ctrl-C stops the run the same way (Z3 takes the
+    signal and cancels the running query; the script tells that from a timeout by its timing).
+    --out is rewritten after every size, so a killed run keeps the sizes it finished.
   - A target passes only if the verdict is "proven" and the total time is under the target;
     a size that was not run is reported as "not measured".
 """
@@ -61,6 +68,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 try:  # run as a script from anywhere: the package is installed (editable) in .venv
@@ -78,18 +86,18 @@ from l7fp.semantics.frontends import load_policy
 
 DEFAULT_SIZES = (10, 20, 100, 1000)
 TARGETS = ((20, 1.0), (1000, 60.0))  # (rules, seconds): DESIGN targets for the proof gate
-CLUSTERS = 8
+CLUSTERS = 8  # default number of upstream clusters the routes cycle over
 
 
 # ---- policy generation -------------------------------------------------------------------------
-def policy_text(n: int, hcm_options: list[str]) -> str:
+def policy_text(n: int, hcm_options: list[str], clusters: int = CLUSTERS) -> str:
     """DSL text of a policy with exactly n rules (ceil(n/2) RBAC rules, floor(n/2) routes)."""
     n_rbac, n_routes = (n + 1) // 2, n // 2
     lines = [f"# verify_scaling: synthetic policy, {n} rules ({n_rbac} RBAC, {n_routes} routes)",
              "listener 127.0.0.1:18080"]
     if hcm_options:
         lines.append("options " + " ".join(hcm_options))
-    lines += [f"cluster c{j} 127.0.0.1:{19000 + j}" for j in range(CLUSTERS)]
+    lines += [f"cluster c{j} 127.0.0.1:{19000 + j}" for j in range(clusters)]
     for i in range(n_rbac):
         if i % 4 == 3:
             lines.append(f'deny "svc{i}-admin" when method == DELETE and path prefix "/svc{i}/admin" '
@@ -100,14 +108,20 @@ def policy_text(n: int, hcm_options: list[str]) -> str:
         else:
             lines.append(f'allow "svc{i}-write" when method == POST and path prefix "/svc{i}/" '
                          f'and header x-api-key == "k{i}"')
-    lines += [f'route prefix "/svc{i}/" -> c{i % CLUSTERS}' for i in range(n_routes)]
+    lines += [f'route prefix "/svc{i}/" -> c{i % clusters}' for i in range(n_routes)]
     return "\n".join(lines) + "\n"
 
 
 # ---- per-part timing (instrumentation of this process only) ------------------------------------
+class SizeBudgetExceeded(Exception):
+    """--max-seconds ran out for one size: verify() is abandoned after the current solver query."""
+
+
 @contextmanager
-def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console):
-    """Record every solver query verify() makes: obligation, part, answer, seconds."""
+def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console, deadline: float | None,
+                origin: float):
+    """Record every solver query verify() makes: obligation, part, answer, seconds. With a deadline
+    (perf_counter time), clamp each query's timeout to the time left and stop verify() once it passed."""
     prover_cls = getattr(refinement, "_Prover", None)
     if not enabled or prover_cls is None or not hasattr(prover_cls, "check"):
         yield False
@@ -115,13 +129,25 @@ def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console)
     original = prover_cls.check
 
     def check(self, obligation, part, goal, on_model, exact=None):
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise SizeBudgetExceeded(f"{obligation}/{part}")
+            if left < self.budget.timeout_s:
+                self.budget = replace(self.budget, timeout_s=max(left, 1.0))
         solver = self.solver
         real_check = solver.check
-        answers = []
+        answers, interrupted = [], []
 
         def spy(*args, **kwargs):
+            began = time.perf_counter()
             answer = real_check(*args, **kwargs)
             answers.append(str(answer))
+            # Z3 takes SIGINT during a query and reports it as a cancelled (unknown) answer, like a
+            # timeout; one well before the timeout is a Ctrl-C: pass it on once the part is recorded.
+            if answer == z3.unknown and solver.reason_unknown() == "canceled" and \
+                    time.perf_counter() - began < 0.9 * self.budget.timeout_s:
+                interrupted.append(True)
             return answer
 
         solver.check = spy  # z3.Solver is a plain Python object: shadow its method for this call
@@ -133,9 +159,11 @@ def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console)
             del solver.check
             if answers:  # skipped parts (obligation already refuted) ran no query
                 parts.append({"obligation": obligation, "part": part, "answers": answers,
-                              "seconds": round(seconds, 3)})
+                              "seconds": round(seconds, 3), "started": round(start - origin, 3)})
                 if not quiet:
                     console.print(f"    [dim]{obligation}/{part}: {'/'.join(answers)} in {seconds:.2f} s[/]")
+            if interrupted:
+                raise KeyboardInterrupt(f"{obligation}/{part}")
 
     prover_cls.check = check
     try:
@@ -145,27 +173,60 @@ def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console)
 
 
 # ---- measurement -------------------------------------------------------------------------------
-def measure(n: int, workdir: Path, budget: Budget, hcm_options: list[str], parts_on: bool, quiet: bool,
-            console: Console) -> dict:
+def measure(n: int, workdir: Path, budget: Budget, hcm_options: list[str], clusters: int, parts_on: bool,
+            quiet: bool, console: Console, max_seconds: float = 0.0) -> dict:
     path = workdir / f"scaling_{n}.l7fp"
-    path.write_text(policy_text(n, hcm_options))
+    path.write_text(policy_text(n, hcm_options, clusters))
     start = time.perf_counter()
     policy = load_policy([str(path)])
     loaded = time.perf_counter()
     parts: list[dict] = []
-    with timed_parts(parts, parts_on, quiet, console) as timing:
-        report = verify(policy, budget, stem=f"scaling_{n}")
+    row = {"rules": n, "rbac_rules": (n + 1) // 2, "routes": n // 2, "file": str(path),
+           "load_seconds": round(loaded - start, 3)}
+    deadline = start + max_seconds if max_seconds > 0 else None
+    try:
+        with timed_parts(parts, parts_on, quiet, console, deadline, loaded) as timing:
+            report = verify(policy, budget, stem=f"scaling_{n}")
+    except (SizeBudgetExceeded, KeyboardInterrupt) as exc:
+        done = time.perf_counter()
+        # What verify() had not returned yet: rebuild what we can from the parts timed so far.
+        dag_stats = None
+        try:
+            from l7fp.synth.compile import DagCompiler
+            dag_stats = DagCompiler(policy, None).compile().stats()
+        except Exception:  # noqa: BLE001 - shape is a nicety here, not the measurement
+            pass
+        obligations: dict[str, dict] = {}
+        for p in parts:
+            o = obligations.setdefault(p["obligation"], {"status": refinement.PROVEN, "seconds": 0.0})
+            o["seconds"] = round(o["seconds"] + p["seconds"], 3)
+            if "unknown" in p["answers"] and o["status"] == refinement.PROVEN:
+                o["status"], o["reason"] = refinement.UNKNOWN, f"{p['part']}: unknown"
+            if "sat" in p["answers"]:
+                o["status"], o["reason"] = "sat (not replayed)", p["part"]
+        row.update({"dag": dag_stats or {}, "compile_seconds": None, "encode_seconds": None,
+                    "compile_and_encode_seconds": parts[0]["started"] if parts else None,
+                    "solver_seconds": round(sum(p["seconds"] for p in parts), 3), "obligations": obligations,
+                    "verify_seconds": round(done - loaded, 3), "total_seconds": round(done - start, 3),
+                    "verdict": "incomplete", "parts": parts,
+                    "counterexamples": []})
+        if isinstance(exc, KeyboardInterrupt):
+            row["interrupted"] = str(exc) or "before the solver queries"
+        else:
+            row["stopped_before"] = str(exc)
+        if parts:
+            slowest = max(parts, key=lambda p: p["seconds"])
+            row["slowest_part"] = f"{slowest['obligation']}/{slowest['part']}"
+        return row
     done = time.perf_counter()
     obligations = {o.name: {"status": o.status, "seconds": round(o.seconds, 3),
                             **({"reason": o.reason} if o.reason else {})} for o in report.obligations}
-    row = {"rules": n, "rbac_rules": (n + 1) // 2, "routes": n // 2, "file": str(path),
-           "dag": report.dag.stats(), "load_seconds": round(loaded - start, 3),
-           "compile_seconds": round(report.compile_seconds, 3),
-           "encode_seconds": round(report.encode_seconds, 3),
-           "solver_seconds": round(report.solver_seconds, 3), "obligations": obligations,
-           "verify_seconds": round(done - loaded, 3), "total_seconds": round(done - start, 3),
-           "verdict": report.verdict,
-           "counterexamples": [c.to_json() for c in report.counterexamples]}
+    row.update({"dag": report.dag.stats(), "compile_seconds": round(report.compile_seconds, 3),
+                "encode_seconds": round(report.encode_seconds, 3),
+                "solver_seconds": round(report.solver_seconds, 3), "obligations": obligations,
+                "verify_seconds": round(done - loaded, 3), "total_seconds": round(done - start, 3),
+                "verdict": report.verdict,
+                "counterexamples": [c.to_json() for c in report.counterexamples]})
     if timing:
         row["parts"] = parts
         if parts:
@@ -200,8 +261,8 @@ def print_table(console: Console, result: dict) -> None:
     for r in result["runs"]:
         d = r["dag"]
         colour = {"proven": "green", "counterexample": "red"}.get(r["verdict"], "yellow")
-        table.add_row(str(r["rules"]), str(d["nodes"]), str(d["tests"]), str(d["leaves"]), str(d["depth"]),
-                      f"{r['load_seconds']:.3f}", f"{r['compile_seconds']:.3f}", f"{r['encode_seconds']:.3f}",
+        table.add_row(str(r["rules"]), *[str(d.get(k, "-")) for k in ("nodes", "tests", "leaves", "depth")],
+                      f"{r['load_seconds']:.3f}", _num(r["compile_seconds"], ".3f"), _num(r["encode_seconds"], ".3f"),
                       *[_obligation_cell(r["obligations"].get(o)) for o in OBLIGATIONS],
                       f"{r['verify_seconds']:.3f}", f"{r['total_seconds']:.3f}",
                       f"[{colour}]{r['verdict']}[/]")
@@ -215,6 +276,14 @@ def print_table(console: Console, result: dict) -> None:
             console.print(f"  {r['rules']:>5} rules, slowest parts: "
                           + ", ".join(f"{p['obligation']}/{p['part']} {p['seconds']:.2f} s" for p in top)
                           + f" ({share:.0%} of solver time)")
+        if r.get("interrupted"):
+            done = ", ".join(f"{p['obligation']}/{p['part']}" for p in r.get("parts", []))
+            console.print(f"  {r['rules']:>5} rules: interrupted during {r['interrupted']}; "
+                          f"parts answered: {done or 'none'}")
+        if r.get("stopped_before"):
+            done = ", ".join(f"{p['obligation']}/{p['part']}" for p in r.get("parts", []))
+            console.print(f"  {r['rules']:>5} rules: --max-seconds ran out before {r['stopped_before']}; "
+                          f"parts answered: {done or 'none'}")
         for name, o in r["obligations"].items():
             if o.get("reason"):
                 console.print(f"  {r['rules']:>5} rules, {name}: {o['status']} ({o['reason']})")
@@ -224,6 +293,10 @@ def print_table(console: Console, result: dict) -> None:
         console.print(f"target {t['target']:<20} measured {measured:<28} [{colour}]{t['result']}[/]")
     if result.get("incomplete"):
         console.print(f"[yellow]incomplete: {result['incomplete']}[/]")
+
+
+def _num(value, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _obligation_cell(o: dict | None) -> str:
@@ -243,10 +316,15 @@ def plot(path: str, rows: list[dict], console: Console) -> None:
                       f"({sys.executable}); no plot written. Install it (pip install matplotlib) "
                       f"or plot the --out JSON elsewhere.[/]")
         return
-    rules = [r["rules"] for r in rows]
+    complete = [r for r in rows if r["verdict"] != "incomplete"]
+    partial = [r for r in rows if r["verdict"] == "incomplete"]
+    rules = [r["rules"] for r in complete]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.loglog(rules, [max(r["total_seconds"], 1e-3) for r in rows], "o-", label="total")
-    left.loglog(rules, [max(r["solver_seconds"], 1e-3) for r in rows], "s--", label="solver")
+    left.loglog(rules, [max(r["total_seconds"], 1e-3) for r in complete], "o-", label="total")
+    left.loglog(rules, [max(r["solver_seconds"], 1e-3) for r in complete], "s--", label="solver")
+    if partial:
+        left.loglog([r["rules"] for r in partial], [r["total_seconds"] for r in partial], "^",
+                    label="stopped (lower bound)")
     for n, limit in TARGETS:
         left.plot([n], [limit], "rx", markersize=10)
         left.annotate(f"target {n}: {limit:g} s", (n, limit), textcoords="offset points", xytext=(5, 5))
@@ -254,7 +332,8 @@ def plot(path: str, rows: list[dict], console: Console) -> None:
     left.set_ylabel("seconds")
     left.set_title("verify time")
     left.legend()
-    right.loglog(rules, [r["dag"]["nodes"] for r in rows], "o-")
+    shaped = [r for r in rows if r["dag"].get("nodes")]
+    right.loglog([r["rules"] for r in shaped], [r["dag"]["nodes"] for r in shaped], "o-")
     right.set_xlabel("rules")
     right.set_ylabel("DAG nodes")
     right.set_title("DAG size")
@@ -280,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="verify_scaling.py", description="Proof time vs policy size (see the module docstring).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[8:16]))
+        epilog=__doc__[__doc__.index("EXAMPLES:"):__doc__.index("THE POLICY")].rstrip())
     parser.add_argument("--sizes", type=parse_sizes, default=list(DEFAULT_SIZES),
                         help="comma-separated rule counts (default: 10,20,100,1000)")
     parser.add_argument("--timeout", type=float, default=120.0,
@@ -289,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Z3 resource limit per part; 0 = none (default), so --timeout governs")
     parser.add_argument("--hcm-options", default="normalize_path,merge_slashes",
                         help='connection-manager options of the generated policies ("" for none)')
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="give up on a size after this many seconds (0 = never; needs part timing)")
+    parser.add_argument("--clusters", type=int, default=CLUSTERS,
+                        help=f"upstream clusters the routes cycle over (default {CLUSTERS})")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON results here (after every size)")
     parser.add_argument("--plot", metavar="FILE.png", help="plot time and DAG nodes vs rules (needs matplotlib)")
@@ -304,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     hcm_options = [o for o in args.hcm_options.split(",") if o.strip()]
     budget = Budget(timeout_s=args.timeout, rlimit=args.rlimit)
     result = {"tool": "bench/verify_scaling.py", "sizes": args.sizes,
-              "budget": {"timeout_s": budget.timeout_s, "rlimit": budget.rlimit},
-              "hcm_options": hcm_options, "python": platform.python_version(),
+              "budget": {"timeout_s": budget.timeout_s, "rlimit": budget.rlimit,
+                         "max_seconds_per_size": args.max_seconds or None},
+              "hcm_options": hcm_options, "clusters": args.clusters, "python": platform.python_version(),
               "z3": z3.get_version_string(), "machine": platform.machine(), "runs": [], "targets": []}
 
     def save():
@@ -319,26 +403,31 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in args.sizes:
                 progress.print(f"[bold]{n} rules[/] ...")
-                row = measure(n, workdir, budget, hcm_options, not args.no_parts, args.quiet, progress)
+                row = measure(n, workdir, budget, hcm_options, args.clusters, not args.no_parts, args.quiet, progress,
+                              args.max_seconds)
                 result["runs"].append(row)
-                progress.print(f"  {n} rules: {row['verdict']} in {row['total_seconds']:.2f} s "
-                               f"(compile {row['compile_seconds']:.2f}, encode {row['encode_seconds']:.2f}, "
-                               f"solver {row['solver_seconds']:.2f}; DAG {row['dag']['nodes']} nodes)")
+                setup = (f"compile {_num(row['compile_seconds'])}, encode {_num(row['encode_seconds'])}"
+                         if row["compile_seconds"] is not None else
+                         f"compile+encode {_num(row.get('compile_and_encode_seconds'))}")
+                progress.print(f"  {n} rules: {row['verdict']} in {row['total_seconds']:.2f} s ({setup}, "
+                               f"solver {row['solver_seconds']:.2f}; DAG {row['dag'].get('nodes', '?')} nodes)")
                 save()
+                if row.get("interrupted"):
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            done = [r["rules"] for r in result["runs"]]
-            result["incomplete"] = f"interrupted during {len(done) < len(args.sizes) and args.sizes[len(done)]} " \
-                                   f"rules; completed sizes: {done}"
+            done = [r["rules"] for r in result["runs"] if r["verdict"] != "incomplete"]
+            result["incomplete"] = f"interrupted; sizes finished: {done or 'none'}"
             progress.print(f"[yellow]{result['incomplete']}[/]")
         save()
 
+    status = 130 if result.get("incomplete") else 0
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
         print_table(out, result)
     if args.plot:
         plot(args.plot, result["runs"], progress if args.format == "json" else out)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -72,13 +72,28 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _fast_path(dag, request, policy):
+    """True when the kernel DAG decides the request itself, else "punt: <reason>"."""
+    from l7fp.semantics.fields import from_request
+    from l7fp.synth.dag import evaluate
+
+    fields = from_request(request, policy.listener[0])
+    if fields is None:
+        return "punt: the request is outside what the kernel parser reads (codec error, absolute-form, IPv6)"
+    leaf, _ = evaluate(dag, fields)
+    return True if leaf.action != "punt" else f"punt: {leaf.reason}"
+
+
 def cmd_explain(args, out: Console) -> int:
     from l7fp.semantics.frontends import load_policy
     from l7fp.semantics.http1 import Unmodelled
     from l7fp.semantics.interpreter import interpret
     from l7fp.semantics.request import Request
 
+    from l7fp.synth.compile import compile_policy
+
     policy = load_policy(args.configs, listener=args.listener)
+    dag = compile_policy(policy)
     source = _address(args.source)
     results = []
     unmodelled = False
@@ -90,9 +105,7 @@ def cmd_explain(args, out: Console) -> int:
         try:
             outcome = interpret(policy, request)
             entry = outcome.to_json()
-            # The kernel fast path is built by synth/ and bpf/ (issues 3 and 4); until then every
-            # request is handled by Envoy, and this says so rather than claiming a fast path.
-            entry["fast_path"] = "no fast path yet: synthesis (synth/) is not built"
+            entry["fast_path"] = _fast_path(dag, request, policy)
         except Unmodelled as exc:
             unmodelled = True
             entry = {"action": "unmodelled", "error": str(exc), "fast_path": f"punt: {exc}"}
@@ -102,16 +115,17 @@ def cmd_explain(args, out: Console) -> int:
         print(json.dumps(results, indent=2))
     else:
         table = Table(title=f"l7fp explain (Envoy {ENVOY_VERSION} semantics)")
-        for column in ("request", "action", "cluster / status", "upstream path / body", "rule"):
+        for column in ("request", "action", "cluster / status", "upstream path / body", "rule", "kernel"):
             table.add_column(column)
         for e in results:
+            kernel = "decides" if e["fast_path"] is True else e["fast_path"]
             if e["action"] == "forward":
-                table.add_row(e["request"], "forward", e["cluster"], e["upstream_path"], e["rule"])
+                table.add_row(e["request"], "forward", e["cluster"], e["upstream_path"], e["rule"], kernel)
             elif e["action"] == "local_reply":
                 detail = e["body"] if not e.get("location") else f"Location: {e['location']}"
-                table.add_row(e["request"], "local reply", str(e["status"]), repr(detail), e["rule"])
+                table.add_row(e["request"], "local reply", str(e["status"]), repr(detail), e["rule"], kernel)
             else:
-                table.add_row(e["request"], "[red]not modelled[/red]", "", e["error"], "")
+                table.add_row(e["request"], "[red]not modelled[/red]", "", e["error"], "", kernel)
         out.print(table)
     return EXIT_BAD_INPUT if unmodelled else EXIT_OK
 

@@ -27,6 +27,7 @@ from .refinement import Budget
 
 EQUIVALENT, DIFFERENT, UNKNOWN = "equivalent", "different", "unknown"
 MAX_WITNESSES = 8
+MAX_PER_PART = 3
 
 
 @dataclass
@@ -119,8 +120,10 @@ def _parts(a: sym.Meaning, b: sym.Meaning, same_connection_manager: bool) -> lis
 def _readable(req: sym.SymRequest) -> list:
     host = req.headers["host"]
     word = z3.Plus(sym.charset_regex(ord(c) for c in "abcdefghijklmnopqrstuvwxyz0123456789.-"))
-    return [host.count == 1, z3.InRe(host.items[0], word),
-            z3.InRe(req.method, z3.Plus(sym.charset_regex(range(0x41, 0x5B))))]
+    printable = z3.Star(sym.charset_regex(range(0x20, 0x7F)))
+    return [host.count == 1, z3.InRe(host.items[0], word), req.source_ip == sym.ip_value("127.0.0.1"),
+            z3.InRe(req.method, z3.Plus(sym.charset_regex(range(0x41, 0x5B)))),
+            *[z3.InRe(item, printable) for values in req.headers.values() for item in values.items]]
 
 
 def diff(old: ir.Policy, new: ir.Policy, budget: Budget = Budget()) -> DiffReport:
@@ -151,7 +154,8 @@ def _search(solver, assumptions, goal, exact, budget, replay, witnesses, unknown
         solver.set("timeout", int(budget.timeout_s * 1000))
         solver.set("rlimit", budget.rlimit)
         status = "unsat"
-        while len(witnesses) < MAX_WITNESSES:
+        found = 0
+        while len(witnesses) < MAX_WITNESSES and found < MAX_PER_PART:
             answer = solver.check(*_readable(req))  # a witness a person can read, when there is one
             if answer != z3.sat:
                 answer = solver.check()
@@ -168,7 +172,7 @@ def _search(solver, assumptions, goal, exact, budget, replay, witnesses, unknown
                 unknown.append(f"{name}: a request the encoding cannot decide on both sides "
                                f"({witness.old_error or witness.new_error or 'same answers when replayed'})")
                 return "unknown"
-            status = "witness"
+            status, found = "witness", found + 1
             witnesses.append(witness)
             solver.add(req.target != sym.sval(witness.request.target))
     finally:

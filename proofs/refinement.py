@@ -105,7 +105,7 @@ class ProofReport:
     components: list[offload.Component]
     compile_seconds: float
     encode_seconds: float
-    smt_files: list[str] = field(default_factory=list)
+    smt_files: list[dict] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -130,6 +130,15 @@ class ProofReport:
                 "encode_seconds": round(self.encode_seconds, 3),
                 "counterexamples": [c.to_json() for c in self.counterexamples],
                 "smt_files": self.smt_files}
+
+
+def parser_within_bounds(req: sym.SymRequest, bounds: KernelBounds):
+    """The request fits the kernel parser's window and header-line limit (rendered as fields.py does)."""
+    size = z3.Length(req.method) + z3.Length(req.target) + 14 + req.other_bytes + z3.Sum(
+        *[z3.If(values.count > i, len(name) + 4 + z3.Length(item), 0)
+          for name, values in req.headers.items() for i, item in enumerate(values.items)])
+    lines = z3.Sum(req.other_lines, *[values.count for values in req.headers.values()])
+    return z3.And(size <= bounds.window, lines <= bounds.max_header_lines)
 
 
 def beyond_bounds(req: sym.SymRequest, bounds: KernelBounds):
@@ -178,11 +187,12 @@ class _Prover:
     and each part is checked under push/pop, so lemmas learnt for one part serve the next (about
     three times faster here than one solver per part)."""
 
-    def __init__(self, domain: list, budget: Budget, smt_dir: Path | None, stem: str):
+    def __init__(self, domain: list, budget: Budget, smt_dir: Path | None, stem: str, req: sym.SymRequest):
+        self.req = req
         self.solver = z3.Solver()
         self.solver.add(*domain)
         self.budget, self.smt_dir, self.stem = budget, smt_dir, stem
-        self.smt_files: list[str] = []
+        self.smt_files: list[dict] = []  # {"file": path, "z3": "sat" | "unsat" | "unknown"}
         self.results: dict[str, ObligationResult] = {}
 
     def assume(self, *facts):
@@ -205,13 +215,31 @@ class _Prover:
         self.solver.add(goal)
         self.solver.set("timeout", int(self.budget.timeout_s * 1000))
         self.solver.set("rlimit", self.budget.rlimit)
+        path = None
         if self.smt_dir is not None:
             path = self.smt_dir / f"{self.stem}.{obligation}.{part}.smt2"
             path.write_text("(set-logic ALL)\n" + self.solver.to_smt2())
-            self.smt_files.append(str(path))
         start = time.perf_counter()
         answer = self.solver.check()
         result.seconds += time.perf_counter() - start
+        if path is not None:
+            self.smt_files.append({"file": str(path), "z3": str(answer)})
+        tries = 0
+        while answer == z3.sat and exact is not None and tries < 3:
+            # Different templates may still agree on this request: look for one where they do not
+            # (templates mostly differ in what they keep of the query) before paying for the exact
+            # string comparison.
+            witness = on_model(self.solver.model())
+            if witness.confirmed:
+                break
+            tries += 1
+            self.solver.add(self.req.target != sym.sval(witness.request.target))
+            answer = self.solver.check(self.req.has_query) if tries == 1 else z3.unknown
+            if answer != z3.sat:
+                answer = self.solver.check()
+        if answer != z3.sat and exact is not None and tries:
+            self.solver.pop()
+            return self.check(obligation, part, exact, on_model)
         if answer == z3.sat:
             witness = on_model(self.solver.model())
             if not witness.confirmed and exact is not None:
@@ -229,8 +257,8 @@ def _prove(prover: _Prover, kernel, reference: sym.Meaning, req: sym.SymRequest,
            witness) -> None:
     """The three obligations, split into parts Z3 answers quickly (one disjunction of them all
     timed out even for one route):
-    - bounds first: "the DAG decides" implies "within the bounds", so every later part may assume
-      `within` (the verdict is a counterexample anyway if bounds fails);
+    - bounds first: once proven, "the DAG decides" implies "within the bounds", so every later part
+      may assume `within` (if bounds is not proven, the later parts go without it);
     - then by the reference's two parts: requests the connection manager answers (`stop`) and
       requests the filters and router decide;
     - then by observable field, one query per way two outcomes could differ.
@@ -242,8 +270,13 @@ def _prove(prover: _Prover, kernel, reference: sym.Meaning, req: sym.SymRequest,
     dag_fwd, ref_fwd = sym._bool(dag.forward), sym._bool(ref.forward)
     forwards = lambda o: z3.And(sym._bool(o.known), sym._bool(o.forward))  # noqa: E731
 
+    # The parser's bounds (bpf/: header block window, header lines) are enforced before the DAG
+    # runs; the proof assumes them, and the bpf test-run harness checks the parser against them.
+    prover.assume(parser_within_bounds(req, bounds))
     prover.check("bounds", "beyond", z3.And(decides, beyond), witness("bounds"))
-    prover.assume(decides, z3.Not(beyond))
+    # Sound only once bounds is proven; otherwise the other obligations look at every request.
+    within = [z3.Not(beyond)] if prover.results["bounds"].status == PROVEN else []
+    prover.assume(decides, *within)
     # Usually no request the DAG decides is answered by the connection manager: ask that first.
     prover.check("refinement", "connection_manager", stop, witness("refinement"),
                  exact=z3.And(stop, z3.Not(sym.same_observable(dag, stop_outcome))))
@@ -266,7 +299,7 @@ def _prove(prover: _Prover, kernel, reference: sym.Meaning, req: sym.SymRequest,
     prover.check("refinement", "body", dag.body != ref.body, witness("refinement"))
     prover.check("refinement", "location", dag.location_key != ref.location_key, witness("refinement"),
                  exact=dag.location != ref.location)
-    for _ in range(4):
+    for _ in range(5):
         prover.release()
 
 
@@ -283,7 +316,7 @@ def verify(policy: ir.Policy, budget: Budget = Budget(), compiler=DagCompiler,
     smt_path = Path(smt_dir) if smt_dir else None
     if smt_path:
         smt_path.mkdir(parents=True, exist_ok=True)
-    prover = _Prover(domain, budget, smt_path, stem)
+    prover = _Prover(domain, budget, smt_path, stem, req)
     _prove(prover, kernel, reference, req, dag.bounds,
            lambda name: lambda model: replay(policy, dag, req.from_model(model), name))
     results, smt_files = [prover.results[name] for name in OBLIGATIONS], prover.smt_files

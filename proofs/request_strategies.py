@@ -1,12 +1,11 @@
 """Hypothesis strategies for requests in the field model (semantics/fields.py), aimed at one policy.
 
 Differential checks (interpreter vs Z3 meaning, DAG vs interpreter, DAG vs its Z3 translation) only
-find something when requests reach a policy's corners: its route prefixes, header values, domains
-and CIDRs, and the edges where a stage must PUNT or the codec answers first ('%', '..', '//', '#',
-case variants, repeated headers, unknown methods, no Host or two). Random bytes almost never hit a
-policy's constants, so `field_requests(policy)` draws from the constants found in the IR
-(`constants(policy)`) mixed with random pieces, always inside the field model's alphabets: every
-draw renders to bytes that the codec model parses back to the same fields.
+find something when requests reach a policy's corners (its route prefixes, header values, domains,
+CIDRs) and the edges where a stage must PUNT or the codec answers first ('%', '..', '//', '#', case
+variants, repeated headers, odd methods, no Host or two). `field_requests(policy)` draws from the
+constants in the IR (`constants(policy)`) mixed with random pieces, inside the field model's
+alphabets: every draw renders to bytes the codec model parses back to the same fields.
 
 Used by tests/semantics/test_symbolic_vs_interpreter.py and tests/synth/test_dag.py; later by
 `l7fp fuzz` (the same strategy, driven with a seed and --max-examples).
@@ -14,21 +13,21 @@ Used by tests/semantics/test_symbolic_vs_interpreter.py and tests/synth/test_dag
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields as dc_fields
+from dataclasses import dataclass, field, fields as dc_fields, replace
 
 from hypothesis import strategies as st
 
 from ..semantics import ir
-from ..semantics.fields import METHOD_CHARS, FieldRequest
+from ..semantics.fields import CONTENT_LENGTH_VALUE, METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
 from ..semantics.regex import Alt, Cat, Chars, Group, Regex, Repeat
 
-PATH_ALPHABET = "".join(chr(c) for c in range(0x21, 0x7F) if c != 0x3F)  # the path part: no '?'
-QUERY_ALPHABET = "".join(chr(c) for c in range(0x21, 0x7F))
-VALUE_ALPHABET = "\t" + "".join(chr(c) for c in (*range(0x20, 0x7F), *range(0x80, 0x100)))
+QUERY_ALPHABET = "".join(map(chr, range(TARGET_RANGE[0], TARGET_RANGE[1] + 1)))
+PATH_ALPHABET = QUERY_ALPHABET.replace("?", "")  # the path part ends at the first '?'
+VALUE_ALPHABET = "".join(chr(c) for lo, hi in VALUE_RANGES for c in range(lo, hi + 1))
 METHODS = ("GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 ODD_METHODS = ("get", "FOO", "CONNECT", "TRACE", "M-SEARCH")
-PATH_PIECES = ("/", "/x", "x", "1", "%", "%2f", "%2F", "%5c", "%41", "..", "/..", "/./", "/.", "//", "#",
-               "#f", ";", "\\", "~", "*", "A", ":@")
+PATH_PIECES = ("/", "/x", "x", "1", "%", "%2f", "%2F", "%5c", "%41", "..", "/..", "/./", "/.", "//", "#", "#f",
+               ";", "\\", "~", "*", "A", ":@")
 VALUE_PIECES = (" ", "-admin", "1", "\t\xe9", "0", "")
 HOST_PIECES = ("localhost", "example.com", "a.b.c", "[::1]", "")
 EXTRA_HEADERS = ("user-agent", "accept", "x-other", "content-length")
@@ -40,9 +39,9 @@ class Constants:
     """What a policy tests, by the field it tests (str, or a Regex to draw a matching string from)."""
 
     paths: list = field(default_factory=lambda: ["/"])
-    hosts: list = field(default_factory=list)
+    hosts: list = field(default_factory=list)  # domains, '*' replaced
     methods: list = field(default_factory=list)
-    strings: list = field(default_factory=list)
+    strings: list = field(default_factory=list)  # every string the policy compares with
     headers: dict = field(default_factory=dict)  # header name -> values
     params: dict = field(default_factory=dict)  # query parameter name -> values
     cidrs: list = field(default_factory=list)  # IPv4 networks
@@ -94,9 +93,7 @@ def constants(policy: ir.Policy) -> Constants:
 
     visit(policy.filters, None)
     visit(policy.routes, None)
-    for name in NEVER:
-        c.headers.pop(name, None)
-    return c
+    return replace(c, headers={k: v for k, v in c.headers.items() if k not in NEVER})
 
 
 # ---- drawing pieces -----------------------------------------------------------------------------
@@ -117,15 +114,15 @@ def _regex_sample(draw, node) -> str:
     return ""  # anchors
 
 
+def _text(draw, item) -> str:  # a constant, or a string its Regex matches
+    return _regex_sample(draw, item.ast) if isinstance(item, Regex) else item
+
+
 def _in(text: str, alphabet: str) -> str:
     """`text` inside the alphabet: code points above 0xff as their UTF-8 bytes, others dropped."""
     if any(ord(ch) > 0xFF for ch in text):
         text = text.encode("utf-8").decode("latin-1")
     return "".join(ch for ch in text if ch in alphabet)
-
-
-def _text(draw, item) -> str:
-    return _regex_sample(draw, item.ast) if isinstance(item, Regex) else item
 
 
 def _piece(draw, pool: list, alphabet: str, extras=()) -> str:
@@ -139,7 +136,7 @@ def _piece(draw, pool: list, alphabet: str, extras=()) -> str:
     else:
         item = draw(st.text(alphabet, max_size=6))
     text = _text(draw, item)
-    text = (text.upper, text.lower, text.swapcase, lambda: text)[min(draw(st.integers(0, 9)), 3)]()
+    text = (text.upper, text.lower, text.swapcase, lambda: text)[min(draw(st.integers(0, 15)), 3)]()
     if text and draw(st.integers(0, 7)) == 0:
         cut = draw(st.integers(0, len(text)))
         text = draw(st.sampled_from((text[:cut], text[cut:])))
@@ -147,26 +144,26 @@ def _piece(draw, pool: list, alphabet: str, extras=()) -> str:
 
 
 def _value(draw, pool: list, extras=VALUE_PIECES) -> str:
-    value = _piece(draw, pool, VALUE_ALPHABET, extras)
-    if draw(st.integers(0, 3)) == 0:
-        value += _piece(draw, pool, VALUE_ALPHABET, extras)
-    return value.strip(" \t")
+    count = draw(st.sampled_from((1, 1, 1, 2)))
+    return "".join(_piece(draw, pool, VALUE_ALPHABET, extras) for _ in range(count)).strip(" \t")
 
 
 def _ip(draw, c: Constants) -> str:
-    options = [st.just("127.0.0.1"), st.ip_addresses(v=4).map(str)]
-    for net in c.cidrs:
-        inside = net.network_address + draw(st.integers(0, net.num_addresses - 1))
-        flipped = int(net.network_address) ^ (1 << (32 - net.prefixlen)) if net.prefixlen else int(inside)
-        options += [st.just(str(inside)), st.just(str(ipaddress.ip_address(flipped)))]
-    return draw(st.one_of(*options))
+    """127.0.0.1, any IPv4 address, or one inside / just outside one of the policy's networks."""
+    kind = draw(st.integers(0, 3)) if c.cidrs else draw(st.integers(0, 1))
+    if kind < 2:
+        return "127.0.0.1" if kind == 0 else draw(st.ip_addresses(v=4).map(str))
+    net = draw(st.sampled_from(c.cidrs))
+    inside = int(net.network_address) + draw(st.integers(0, net.num_addresses - 1))
+    return str(ipaddress.ip_address(inside if kind == 2 or not net.prefixlen else
+                                    inside ^ (1 << (32 - net.prefixlen))))
 
 
 @st.composite
 def _request(draw, c: Constants, listener_ip: str) -> FieldRequest:
-    kind = draw(st.integers(0, 9))
-    method = draw(st.sampled_from(c.methods + list(METHODS)) if kind < 8 else st.sampled_from(ODD_METHODS)
-                  if kind < 9 else st.text(METHOD_CHARS, min_size=1, max_size=5))
+    kind = draw(st.integers(0 if c.methods else 4, 9))  # the policy's, common, odd, random
+    method = draw(st.sampled_from(c.methods) if kind < 4 else st.sampled_from(METHODS) if kind < 8 else
+                  st.sampled_from(ODD_METHODS) if kind < 9 else st.text(METHOD_CHARS, min_size=1, max_size=5))
     method = _in(_text(draw, method), METHOD_CHARS) or "GET"
     path = _piece(draw, [p for p in c.paths if isinstance(p, Regex) or p.startswith("/")], PATH_ALPHABET)
     for _ in range(draw(st.integers(0, 2))):
@@ -180,18 +177,19 @@ def _request(draw, c: Constants, listener_ip: str) -> FieldRequest:
                    for _ in range(draw(st.integers(0, 2)))]
         query = "&".join(draw(st.permutations(params)))
     hosts = [_value(draw, c.hosts, HOST_PIECES) + draw(st.sampled_from(("", "", "", ":80", ":8080")))
-             for _ in range(draw(st.sampled_from((1, 1, 1, 1, 1, 0, 2))))]
+             for _ in range(draw(st.sampled_from((1,) * 7 + (0, 2))))]
     headers = [("host", h.strip(" \t")) for h in hosts]
     if draw(st.integers(0, 3)) == 0:
         headers.append((draw(st.sampled_from(EXTRA_HEADERS)), "0"))
     for name, pool in sorted(c.headers.items()):
         pool = pool + [_ip(draw, c)] if name == "x-forwarded-for" else pool
-        headers += [(name, _value(draw, pool)) for _ in range(draw(st.sampled_from((0, 1, 1, 1, 2))))]
+        count = draw(st.sampled_from((0, 1, 1, 1, 2)))  # 2: a repeated header the policy reads
+        headers += [(name, _value(draw, pool or c.strings)) for _ in range(count)]
     lengths = [i for i, (name, _) in enumerate(headers) if name == "content-length"]
-    for n, i in enumerate(lengths):  # Content-Length frames the body: one value, 1-4 digits
+    for n, i in enumerate(lengths):  # Content-Length frames the body: one value of 1-4 digits
         value = headers[i][1]
-        headers[i] = ("content-length", value if value.isdigit() and len(value) <= 4 else "0") if n == 0 \
-            else ("x-repeated-length", value)
+        headers[i] = ("x-length", value) if n else \
+            ("content-length", value if CONTENT_LENGTH_VALUE.fullmatch(value) else "0")
     dest = listener_ip if listener_ip not in ("0.0.0.0", "") and ":" not in listener_ip else _ip(draw, c)
     return FieldRequest(method, path, query, tuple(headers), _ip(draw, c), dest)
 

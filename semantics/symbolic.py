@@ -33,7 +33,7 @@ import z3
 
 from . import ir
 from .fields import CONTENT_LENGTH_VALUE, METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
-from .http1 import KNOWN_METHODS
+from .http1 import KNOWN_METHODS, SIZE_MARGIN
 from .interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _MUTATED_HEADERS, _domain_rank
 from .regex import ANY_BUT_NEWLINE, Alt, Cat, Chars, Group, Repeat
 
@@ -277,6 +277,10 @@ class SymRequest:
         self.headers = {n: SymValues(z3.Int(f"{tag}.count[{n}]"),
                                      [z3.String(f"{tag}.header[{n}][{i}]") for i in range(MAX_VALUES)])
                         for n in names}
+        # Headers the policy does not read matter only through the codec's limits: their number
+        # of lines and their bytes (name, ': ', value, CRLF).
+        self.other_lines = z3.Int(f"{tag}.other_lines")
+        self.other_bytes = z3.Int(f"{tag}.other_bytes")
 
     # -- the path and the query, as facts about the target
     def on_path(self, regex: z3.ReRef):
@@ -338,6 +342,9 @@ class SymRequest:
                 out.append(z3.Implies(values.count <= i, item == sval("")))
         if listener[0] not in ("0.0.0.0", ""):
             out.append(self.destination_ip == ip_value(listener[0]))
+        # from_model renders other headers as "x-NNNN: <padding>": at least 10 bytes each
+        out += [self.other_lines >= 0, self.other_lines <= 9999, self.other_bytes >= 10 * self.other_lines,
+                z3.Implies(self.other_lines == 0, self.other_bytes == 0)]
         return out
 
     def substitution(self, request: FieldRequest) -> list[tuple]:
@@ -352,6 +359,9 @@ class SymRequest:
             pairs.append((values.count, z3.IntVal(len(given))))
             for i, item in enumerate(values.items):
                 pairs.append((item, sval(given[i] if i < len(given) else "")))
+        others = [(n, v) for n, v in request.headers if n not in self.headers]
+        pairs += [(self.other_lines, z3.IntVal(len(others))),
+                  (self.other_bytes, z3.IntVal(sum(len(n) + 4 + len(v) for n, v in others)))]
         return pairs
 
     def from_model(self, model: z3.ModelRef) -> FieldRequest:
@@ -360,6 +370,9 @@ class SymRequest:
         for name, values in self.headers.items():
             count = model.eval(values.count, model_completion=True).as_long()
             headers += [(name, model_string(model, values.items[i])) for i in range(count)]
+        lines = model.eval(self.other_lines, model_completion=True).as_long()
+        padding = model.eval(self.other_bytes, model_completion=True).as_long() - 10 * lines
+        headers += [(f"x-{i:04d}", "a" * padding if i == 0 else "") for i in range(lines)]
         path, sep, query = (model_string(model, self.target) or "/").partition("?")
         return FieldRequest(model_string(model, self.method) or "GET", path, query if sep else None,
                             tuple(headers),
@@ -929,8 +942,18 @@ def meaning_parts(policy: ir.Policy, req: SymRequest) -> Meaning:
         decision = (_rbac if isinstance(f, ir.RbacFilter) else _fault)(f, view, decision)
     # The codec and connection manager checks, in Envoy's order (interpreter._interpret).
     known_method = z3.Or(*[req.method == sval(m) for m in sorted(KNOWN_METHODS)])
-    stops = [(z3.Not(known_method), SymOutcome.reply(400, "Bad Request")),  # codec: unknown method
+    # The codec's header limits (http1.parse_request): the size of the header block as the field
+    # model renders it, and the number of header lines.
+    size = z3.Length(req.method) + z3.Length(req.target) + 14 + req.other_bytes + z3.Sum(
+        *[z3.If(values.count > i, len(name) + 4 + z3.Length(item), 0)
+          for name, values in req.headers.items() for i, item in enumerate(values.items)])
+    limit = policy.hcm.max_request_headers_kb * 1024
+    too_large = SymOutcome.reply(431, "Request Header Fields Too Large")
+    lines = z3.Sum(req.other_lines, *[values.count for values in req.headers.values()])
+    stops = [(size > limit + SIZE_MARGIN, too_large), (size > limit - SIZE_MARGIN, SymOutcome.unknown()),
+             (z3.Not(known_method), SymOutcome.reply(400, "Bad Request")),  # codec: unknown method
              (req.method == sval("CONNECT"), SymOutcome.unknown()),
+             (lines > policy.hcm.max_headers_count, too_large),
              (req.headers["host"].count == 0, SymOutcome.reply(400, ""))]
     if policy.hcm.strip_port != "none":
         stops.append((True, SymOutcome.unknown()))

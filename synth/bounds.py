@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..semantics.http1 import SIZE_MARGIN
 from ..semantics.ir import HcmOptions
 
 
@@ -56,7 +57,9 @@ class KernelBounds:
     def for_connection_manager(cls, hcm: HcmOptions, **overrides) -> "KernelBounds":
         """Bounds kept strictly inside the connection manager's own header limits."""
         bounds = cls(**overrides)
-        window = min(bounds.window, hcm.max_request_headers_kb * 1024 // 2)
+        # Below the codec's limit by more than the margin the reference leaves unmodelled
+        # (http1.SIZE_MARGIN), so a request within the window is always modelled.
+        window = max(0, min(bounds.window, hcm.max_request_headers_kb * 1024 - SIZE_MARGIN - 1))
         lines = min(bounds.max_header_lines, hcm.max_headers_count - 1)
         return cls(**{**overrides, "window": window, "max_header_lines": lines})
 

@@ -27,6 +27,7 @@ from .dag import Dag, Leaf, Test, test_holds
 Branch = Callable[[int, int], int]  # (node if it holds, node if not) -> node
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PUNT_COST = 100
 
 
 class DagCompiler:
@@ -115,10 +116,14 @@ class DagCompiler:
 
     # ---- RBAC ---------------------------------------------------------------------------------
     def rbac_filter(self, f: ir.RbacFilter, following: int) -> int:
-        if f.rules is None or f.rules.action == "LOG":
-            return following  # nothing enforced / LOG never denies; shadow rules never decide
-        denied = self.local_reply(403, RBAC_DENIED_BODY, None, f"{f.name}: {f.rules.action}", f.origin)
+        if f.rules is None:
+            return following  # nothing enforced; shadow rules never decide
         policies = [lambda yes, no, p=p: self.rbac_policy(p, yes, no) for p in f.rules.policies]
+        if f.rules.action == "LOG":
+            # LOG never denies, but Envoy still evaluates its policies (up to the first match): a
+            # matcher the kernel cannot decide there still means PUNT. Decided tests fold away.
+            return self.any_of(policies, following, following)
+        denied = self.local_reply(403, RBAC_DENIED_BODY, None, f"{f.name}: {f.rules.action}", f.origin)
         if f.rules.action == "ALLOW":
             return self.any_of(policies, following, denied)
         return self.any_of(policies, denied, following)
@@ -130,8 +135,13 @@ class DagCompiler:
                             lambda y, n: self.any_of(principals, y, n)], yes, no)
 
     def ordered(self, items: tuple) -> list:
-        """Cheap tests first, tests that punt last (order never changes an and/or's value)."""
-        return sorted(items, key=self.cost)
+        """Cheap tests first. Reordering never changes an and/or's value, but it changes which
+        item is evaluated first: with an item the kernel must punt, Envoy's order is kept, so the
+        DAG punts exactly where the reference would stop on it."""
+        costs = [self.cost(i) for i in items]
+        if any(c >= _PUNT_COST for c in costs):
+            return list(items)
+        return [item for _, _, item in sorted(zip(costs, range(len(items)), items))]
 
     def cost(self, node) -> int:
         if isinstance(node, (ir.MatchAnd, ir.MatchOr)):
@@ -139,7 +149,7 @@ class DagCompiler:
         if isinstance(node, ir.MatchNot):
             return self.cost(node.item)
         if offload.matcher_punt(node, self.policy.hcm):
-            return 100
+            return _PUNT_COST
         if isinstance(node, ir.MatchHeader) and node.header.string is not None \
                 and node.header.string.kind in ("regex", "contains"):
             return 10
@@ -233,6 +243,8 @@ class DagCompiler:
             aborted = following
         elif f.http_status is not None:
             aborted = self.local_reply(f.http_status, FAULT_ABORT_BODY, None, f"{f.name}: abort", f.origin)
+        elif self.policy.hcm.use_remote_address:
+            aborted = self.punt("fault abort status from a request header with use_remote_address")
         else:
             header = self.test(Test("count:x-envoy-fault-abort-request", "eq", 0), following,
                                self.punt("fault abort status taken from a request header"))

@@ -12,7 +12,7 @@ from l7fp.synth.dag import evaluate
 
 from .mutants import MUTANTS
 
-BUDGET = Budget(timeout_s=60)
+BUDGET = Budget(timeout_s=300)
 
 
 @pytest.mark.parametrize("mutant,policy", MUTANTS, ids=[m.__name__ for m, _ in MUTANTS])
