@@ -10,4 +10,4 @@ demo: setup
 	$(PY) -m l7fp.demo examples/bookstore
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile

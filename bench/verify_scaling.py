@@ -51,10 +51,14 @@ CAVEATS:
   - One run per size, in one process, smallest first: Z3 and Python caches warm up, so the first
     size pays some start-up cost. Run sizes separately for a cold measurement. Times are from
     time.perf_counter on this machine; compare runs on the same machine only.
-  - --max-seconds (per size) clamps each query's timeout to the time left and abandons verify()
-    between queries once it has passed: the row's verdict is then "incomplete", with the parts
-    answered so far; its times are lower bounds. Ctrl-C stops the run the same way (Z3 takes the
-    signal and cancels the running query; the script tells that from a timeout by its timing).
+  - Z3 does not always stop at its timeout: on the 1000-rule policy one query set to 120 s ran for
+    almost 600 s before answering unknown. --max-seconds (per size) is therefore a hard limit: each
+    size runs in a forked child process, which clamps each query's timeout to the time left and
+    stops between queries once it has passed, and which is killed 5 s after the limit otherwise.
+    The row's verdict is then "incomplete", with the parts answered so far (the DAG shape is
+    recompiled for the table); its times are lower bounds. Ctrl-C stops the run in the same way
+    (Z3 takes the signal and cancels the running query; the script tells that from a timeout by
+    its timing).
     --out is rewritten after every size, so a killed run keeps the sizes it finished.
   - A target passes only if the verdict is "proven" and the total time is under the target;
     a size that was not run is reported as "not measured".
@@ -63,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import sys
 import tempfile
@@ -118,10 +123,10 @@ class SizeBudgetExceeded(Exception):
 
 
 @contextmanager
-def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console, deadline: float | None,
-                origin: float):
-    """Record every solver query verify() makes: obligation, part, answer, seconds. With a deadline
-    (perf_counter time), clamp each query's timeout to the time left and stop verify() once it passed."""
+def timed_parts(record, enabled: bool, quiet: bool, console: Console, deadline: float | None, origin: float):
+    """Pass every solver query verify() makes to `record`: obligation, part, answers, seconds. With a
+    deadline (perf_counter time), clamp each query's timeout to the time left and stop verify() once
+    it has passed (a soft limit: Z3 does not always stop on time, see --max-seconds)."""
     prover_cls = getattr(refinement, "_Prover", None)
     if not enabled or prover_cls is None or not hasattr(prover_cls, "check"):
         yield False
@@ -158,8 +163,8 @@ def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console,
             seconds = time.perf_counter() - start
             del solver.check
             if answers:  # skipped parts (obligation already refuted) ran no query
-                parts.append({"obligation": obligation, "part": part, "answers": answers,
-                              "seconds": round(seconds, 3), "started": round(start - origin, 3)})
+                record({"obligation": obligation, "part": part, "answers": answers,
+                        "seconds": round(seconds, 3), "started": round(start - origin, 3)})
                 if not quiet:
                     console.print(f"    [dim]{obligation}/{part}: {'/'.join(answers)} in {seconds:.2f} s[/]")
             if interrupted:
@@ -173,51 +178,67 @@ def timed_parts(parts: list[dict], enabled: bool, quiet: bool, console: Console,
 
 
 # ---- measurement -------------------------------------------------------------------------------
-def measure(n: int, workdir: Path, budget: Budget, hcm_options: list[str], clusters: int, parts_on: bool,
-            quiet: bool, console: Console, max_seconds: float = 0.0) -> dict:
-    path = workdir / f"scaling_{n}.l7fp"
-    path.write_text(policy_text(n, hcm_options, clusters))
+def _dag_stats(policy) -> dict:
+    """The DAG's shape when verify() did not return one (it compiles in seconds at most)."""
+    try:
+        from l7fp.synth.compile import DagCompiler
+        return DagCompiler(policy, None).compile().stats()
+    except Exception:  # noqa: BLE001 - shape is a nicety here, not the measurement
+        return {}
+
+
+def _slowest(row: dict, parts: list[dict]) -> None:
+    if parts:
+        slowest = max(parts, key=lambda p: p["seconds"])
+        row["slowest_part"] = f"{slowest['obligation']}/{slowest['part']}"
+
+
+def _partial(row: dict, policy, parts: list[dict], verify_seconds: float, total_seconds: float, why: str,
+             where: str) -> dict:
+    """A row for a size whose verify() did not return: what the timed parts tell."""
+    obligations: dict[str, dict] = {}
+    for p in parts:
+        o = obligations.setdefault(p["obligation"], {"status": refinement.PROVEN, "seconds": 0.0})
+        o["seconds"] = round(o["seconds"] + p["seconds"], 3)
+        if "unknown" in p["answers"] and o["status"] == refinement.PROVEN:
+            o["status"], o["reason"] = refinement.UNKNOWN, f"{p['part']}: unknown"
+        if "sat" in p["answers"]:
+            o["status"], o["reason"] = "sat (not replayed)", p["part"]
+    row.update({"dag": _dag_stats(policy), "compile_seconds": None, "encode_seconds": None,
+                "compile_and_encode_seconds": parts[0]["started"] if parts else None,
+                "solver_seconds": round(sum(p["seconds"] for p in parts), 3), "obligations": obligations,
+                "verify_seconds": round(verify_seconds, 3), "total_seconds": round(total_seconds, 3),
+                "verdict": "incomplete", "parts": parts, "counterexamples": [], why: where})
+    _slowest(row, parts)
+    return row
+
+
+def measure(n: int, path: Path, budget: Budget, parts_on: bool, quiet: bool, console: Console,
+            max_seconds: float = 0.0, send=None) -> dict:
+    """Load and verify one generated policy. `send`: also pass each timed part to the parent."""
     start = time.perf_counter()
     policy = load_policy([str(path)])
     loaded = time.perf_counter()
     parts: list[dict] = []
+
+    def record(part: dict) -> None:
+        parts.append(part)
+        if send is not None:
+            send(("part", part))
+
     row = {"rules": n, "rbac_rules": (n + 1) // 2, "routes": n // 2, "file": str(path),
            "load_seconds": round(loaded - start, 3)}
     deadline = start + max_seconds if max_seconds > 0 else None
     try:
-        with timed_parts(parts, parts_on, quiet, console, deadline, loaded) as timing:
+        with timed_parts(record, parts_on, quiet, console, deadline, loaded) as timing:
             report = verify(policy, budget, stem=f"scaling_{n}")
-    except (SizeBudgetExceeded, KeyboardInterrupt) as exc:
+    except SizeBudgetExceeded as exc:
         done = time.perf_counter()
-        # What verify() had not returned yet: rebuild what we can from the parts timed so far.
-        dag_stats = None
-        try:
-            from l7fp.synth.compile import DagCompiler
-            dag_stats = DagCompiler(policy, None).compile().stats()
-        except Exception:  # noqa: BLE001 - shape is a nicety here, not the measurement
-            pass
-        obligations: dict[str, dict] = {}
-        for p in parts:
-            o = obligations.setdefault(p["obligation"], {"status": refinement.PROVEN, "seconds": 0.0})
-            o["seconds"] = round(o["seconds"] + p["seconds"], 3)
-            if "unknown" in p["answers"] and o["status"] == refinement.PROVEN:
-                o["status"], o["reason"] = refinement.UNKNOWN, f"{p['part']}: unknown"
-            if "sat" in p["answers"]:
-                o["status"], o["reason"] = "sat (not replayed)", p["part"]
-        row.update({"dag": dag_stats or {}, "compile_seconds": None, "encode_seconds": None,
-                    "compile_and_encode_seconds": parts[0]["started"] if parts else None,
-                    "solver_seconds": round(sum(p["seconds"] for p in parts), 3), "obligations": obligations,
-                    "verify_seconds": round(done - loaded, 3), "total_seconds": round(done - start, 3),
-                    "verdict": "incomplete", "parts": parts,
-                    "counterexamples": []})
-        if isinstance(exc, KeyboardInterrupt):
-            row["interrupted"] = str(exc) or "before the solver queries"
-        else:
-            row["stopped_before"] = str(exc)
-        if parts:
-            slowest = max(parts, key=lambda p: p["seconds"])
-            row["slowest_part"] = f"{slowest['obligation']}/{slowest['part']}"
-        return row
+        return _partial(row, policy, parts, done - loaded, done - start, "stopped_before", str(exc))
+    except KeyboardInterrupt as exc:
+        done = time.perf_counter()
+        return _partial(row, policy, parts, done - loaded, done - start, "interrupted",
+                        str(exc) or "outside a solver query")
     done = time.perf_counter()
     obligations = {o.name: {"status": o.status, "seconds": round(o.seconds, 3),
                             **({"reason": o.reason} if o.reason else {})} for o in report.obligations}
@@ -229,10 +250,73 @@ def measure(n: int, workdir: Path, budget: Budget, hcm_options: list[str], clust
                 "counterexamples": [c.to_json() for c in report.counterexamples]})
     if timing:
         row["parts"] = parts
-        if parts:
-            slowest = max(parts, key=lambda p: p["seconds"])
-            row["slowest_part"] = f"{slowest['obligation']}/{slowest['part']}"
+        _slowest(row, parts)
     return row
+
+
+GRACE_S = 5.0  # after --max-seconds, how long the child may take to stop by itself before it is killed
+
+
+def _child(conn, n, path, budget, quiet, max_seconds):
+    try:
+        row = measure(n, path, budget, True, quiet, Console(stderr=True, quiet=quiet, soft_wrap=True),
+                      max_seconds, conn.send)
+        conn.send(("row", row))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+
+
+def measure_capped(n: int, path: Path, budget: Budget, quiet: bool, max_seconds: float) -> dict:
+    """measure() in a forked child, killed GRACE_S after max_seconds: Z3 can overrun its own
+    timeout by minutes on big queries, so only a separate process gives a hard limit."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    start = time.perf_counter()
+    child = ctx.Process(target=_child, args=(send, n, path, budget, quiet, max_seconds), daemon=True)
+    child.start()
+    send.close()
+    parts: list[dict] = []
+    row, why = None, "killed_during"
+
+    def drain(until: float) -> None:
+        nonlocal row
+        while row is None:
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            if not recv.poll(min(left, 1.0)):
+                if not child.is_alive() and not recv.poll():
+                    return
+                continue
+            try:
+                kind, payload = recv.recv()
+            except EOFError:
+                return
+            if kind == "part":
+                parts.append(payload)
+            else:
+                row = payload
+
+    try:
+        drain(start + max_seconds + GRACE_S)
+    except KeyboardInterrupt:  # the child got the Ctrl-C too: give it a moment to report
+        why = "interrupted"
+        drain(time.perf_counter() + 10.0)
+    finally:
+        if child.is_alive():
+            child.kill()  # our own child, by its handle
+        child.join()
+        recv.close()
+    if row is not None:
+        return row
+    done = time.perf_counter()
+    running = (f"the query after {parts[-1]['obligation']}/{parts[-1]['part']}" if parts
+               else "load, compile or encode")
+    base = {"rules": n, "rbac_rules": (n + 1) // 2, "routes": n // 2, "file": str(path), "load_seconds": None}
+    return _partial(base, load_policy([str(path)]), parts, done - start, done - start, why,
+                    f"{running} (child stopped at {done - start:.0f} s)")
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -262,7 +346,7 @@ def print_table(console: Console, result: dict) -> None:
         d = r["dag"]
         colour = {"proven": "green", "counterexample": "red"}.get(r["verdict"], "yellow")
         table.add_row(str(r["rules"]), *[str(d.get(k, "-")) for k in ("nodes", "tests", "leaves", "depth")],
-                      f"{r['load_seconds']:.3f}", _num(r["compile_seconds"], ".3f"), _num(r["encode_seconds"], ".3f"),
+                      _num(r["load_seconds"], ".3f"), _num(r["compile_seconds"], ".3f"), _num(r["encode_seconds"], ".3f"),
                       *[_obligation_cell(r["obligations"].get(o)) for o in OBLIGATIONS],
                       f"{r['verify_seconds']:.3f}", f"{r['total_seconds']:.3f}",
                       f"[{colour}]{r['verdict']}[/]")
@@ -279,6 +363,10 @@ def print_table(console: Console, result: dict) -> None:
         if r.get("interrupted"):
             done = ", ".join(f"{p['obligation']}/{p['part']}" for p in r.get("parts", []))
             console.print(f"  {r['rules']:>5} rules: interrupted during {r['interrupted']}; "
+                          f"parts answered: {done or 'none'}")
+        if r.get("killed_during"):
+            done = ", ".join(f"{p['obligation']}/{p['part']}" for p in r.get("parts", []))
+            console.print(f"  {r['rules']:>5} rules: --max-seconds ran out during {r['killed_during']}; "
                           f"parts answered: {done or 'none'}")
         if r.get("stopped_before"):
             done = ", ".join(f"{p['obligation']}/{p['part']}" for p in r.get("parts", []))
@@ -369,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hcm-options", default="normalize_path,merge_slashes",
                         help='connection-manager options of the generated policies ("" for none)')
     parser.add_argument("--max-seconds", type=float, default=0.0,
-                        help="give up on a size after this many seconds (0 = never; needs part timing)")
+                        help="give up on a size after this many seconds (0 = never); runs each size in a child process")
     parser.add_argument("--clusters", type=int, default=CLUSTERS,
                         help=f"upstream clusters the routes cycle over (default {CLUSTERS})")
     parser.add_argument("--format", choices=("table", "json"), default="table")
@@ -403,8 +491,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in args.sizes:
                 progress.print(f"[bold]{n} rules[/] ...")
-                row = measure(n, workdir, budget, hcm_options, args.clusters, not args.no_parts, args.quiet, progress,
-                              args.max_seconds)
+                path = workdir / f"scaling_{n}.l7fp"
+                path.write_text(policy_text(n, hcm_options, args.clusters))
+                if args.max_seconds > 0:
+                    row = measure_capped(n, path, budget, args.quiet, args.max_seconds)
+                else:
+                    row = measure(n, path, budget, not args.no_parts, args.quiet, progress)
                 result["runs"].append(row)
                 setup = (f"compile {_num(row['compile_seconds'])}, encode {_num(row['encode_seconds'])}"
                          if row["compile_seconds"] is not None else
@@ -414,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                 save()
                 if row.get("interrupted"):
                     raise KeyboardInterrupt
+                if row.get("killed_during"):
+                    progress.print(f"  [yellow]{n} rules: killed after --max-seconds, during "
+                                   f"{row['killed_during']}[/]")
         except KeyboardInterrupt:
             done = [r["rules"] for r in result["runs"] if r["verdict"] != "incomplete"]
             result["incomplete"] = f"interrupted; sizes finished: {done or 'none'}"
@@ -426,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(out, result)
     if args.plot:
-        plot(args.plot, result["runs"], progress if args.format == "json" else out)
+        plot(args.plot, result["runs"], Console(stderr=True, soft_wrap=True) if args.format == "json" else out)
     return status
 
 

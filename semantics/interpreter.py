@@ -166,19 +166,32 @@ def rbac_decision(rules: ir.RbacRules, view: RequestView) -> tuple[bool, str]:
 
 
 # ---- routing ------------------------------------------------------------------------------------
-def _domain_rank(domain: str, host: str) -> tuple[int, int] | None:
-    """Envoy's virtual host order: exact, longest suffix wildcard, longest prefix wildcard, '*'.
-    A wildcard never matches the empty string (measured: '.example.com' is not '*.example.com')."""
+def domain_rank(domain: str) -> tuple[int, int]:
+    """Envoy's preference among matching virtual host domains (lower first): exact, then the longest
+    suffix wildcard, the longest prefix wildcard, '*'."""
     domain = domain.lower()
     if domain == "*":
         return (3, 0)
     if domain.startswith("*"):
-        suffix = domain[1:]
-        return (1, -len(suffix)) if len(host) > len(suffix) and host.endswith(suffix) else None
+        return (1, 1 - len(domain))
     if domain.endswith("*"):
-        prefix = domain[:-1]
-        return (2, -len(prefix)) if len(host) > len(prefix) and host.startswith(prefix) else None
-    return (0, 0) if host == domain else None
+        return (2, 1 - len(domain))
+    return (0, 0)
+
+
+def _domain_rank(domain: str, host: str) -> tuple[int, int] | None:
+    """The domain's rank if it matches `host`. A wildcard never matches the empty string (measured:
+    '.example.com' is not '*.example.com')."""
+    domain = domain.lower()
+    if domain == "*":
+        matches = True
+    elif domain.startswith("*"):
+        matches = len(host) > len(domain) - 1 and host.endswith(domain[1:])
+    elif domain.endswith("*"):
+        matches = len(host) > len(domain) - 1 and host.startswith(domain[:-1])
+    else:
+        matches = host == domain
+    return domain_rank(domain) if matches else None
 
 
 def select_virtual_host(config: ir.RouteConfig, authority: str) -> ir.VirtualHost | None:

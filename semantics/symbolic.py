@@ -34,7 +34,7 @@ import z3
 from . import ir
 from .fields import CONTENT_LENGTH_VALUE, METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
 from .http1 import KNOWN_METHODS, SIZE_MARGIN
-from .interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _MUTATED_HEADERS, _domain_rank
+from .interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _MUTATED_HEADERS, domain_rank
 from .regex import ANY_BUT_NEWLINE, Alt, Cat, Chars, Group, Repeat
 
 z3.set_param("encoding", "ascii")  # one Z3 character per byte (0..255)
@@ -676,7 +676,7 @@ def _domain_matches(domain: str, authority):
 def selected_virtual_hosts(config: ir.RouteConfig, authority) -> list:
     """For each virtual host, whether Envoy picks it: one of its domains matches and no domain of
     another virtual host matches with a better rank (ties go to the earlier virtual host)."""
-    ranked = [(v, domain, _domain_rank(domain, _rank_probe(domain)), _domain_matches(domain, authority))
+    ranked = [(v, domain, domain_rank(domain), _domain_matches(domain, authority))
               for v, vhost in enumerate(config.virtual_hosts) for domain in vhost.domains]
     chosen = []
     for v, _vhost in enumerate(config.virtual_hosts):
@@ -688,18 +688,6 @@ def selected_virtual_hosts(config: ir.RouteConfig, authority) -> list:
             options.append(_and(hit, *[_not(h) for h in better]))
         chosen.append(_or(*options))
     return chosen
-
-
-def _rank_probe(domain: str) -> str:
-    """A host that `domain` matches, so interpreter._domain_rank returns the domain's rank."""
-    domain = domain.lower()
-    if domain == "*":
-        return "x"
-    if domain.startswith("*"):
-        return "x" + domain[1:]
-    if domain.endswith("*"):
-        return domain[:-1] + "x"
-    return domain
 
 
 def _path_matches(m: ir.RouteMatch, view: SymView):
@@ -981,16 +969,21 @@ class SymbolicPolicy:
 
     def evaluate(self, request: FieldRequest):
         """The Outcome the term gives for a concrete request, or None where it is unknown."""
-        from .request import Outcome
+        return concrete_outcome(self.outcome, self.request.substitution(request))
 
-        pairs = self.request.substitution(request)
-        value = lambda term: z3.simplify(z3.substitute(_bool(term) if isinstance(term, bool) else term, *pairs))
-        if not z3.is_true(value(self.outcome.known)):
-            return None
-        if z3.is_true(value(self.outcome.forward)):
-            return Outcome("forward", cluster=text_of(value(self.outcome.cluster)),
-                           upstream_path=text_of(value(self.outcome.path)),
-                           upstream_authority=text_of(value(self.outcome.authority)))
-        location = text_of(value(self.outcome.location))
-        return Outcome("local_reply", status=value(self.outcome.status).as_long(),
-                       body=text_of(value(self.outcome.body)), location=location or None)
+
+def concrete_outcome(outcome: SymOutcome, pairs: list[tuple]):
+    """`outcome` with the request's variables replaced by `pairs` (SymRequest.substitution): the
+    Outcome it spells, or None when it is unknown."""
+    from .request import Outcome
+
+    def value(term):
+        return z3.simplify(z3.substitute(_bool(term) if isinstance(term, bool) else term, *pairs))
+
+    if not z3.is_true(value(outcome.known)):
+        return None
+    if z3.is_true(value(outcome.forward)):
+        return Outcome("forward", cluster=text_of(value(outcome.cluster)), upstream_path=text_of(value(outcome.path)),
+                       upstream_authority=text_of(value(outcome.authority)))
+    return Outcome("local_reply", status=value(outcome.status).as_long(), body=text_of(value(outcome.body)),
+                   location=text_of(value(outcome.location)) or None)

@@ -18,7 +18,7 @@ from typing import Callable
 import networkx as nx
 
 from ..semantics import ir
-from ..semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _domain_rank, string_matches
+from ..semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank, string_matches
 from ..semantics.symbolic import mentioned_headers
 from . import offload
 from .bounds import KernelBounds
@@ -270,7 +270,7 @@ class DagCompiler:
         entries = []
         for index, vhost in enumerate(self.policy.routes.virtual_hosts):
             for domain in vhost.domains:
-                entries.append((_domain_rank(domain, _matching_host(domain)), index, domain, vhost))
+                entries.append((domain_rank(domain), index, domain, vhost))
         entries.sort(key=lambda e: (e[0], e[1]))
         return [(domain, vhost) for _, _, domain, vhost in entries]
 
@@ -413,18 +413,6 @@ class DagCompiler:
                                                     key=lambda e: not e[2]["branch"]))
                 memo[n] = self.test(item, memo[resolve(yes)], memo[resolve(no)])
         return memo[resolve(root)]
-
-
-def _matching_host(domain: str) -> str:
-    """A host `domain` matches, to ask interpreter._domain_rank for the domain's rank."""
-    domain = domain.lower()
-    if domain == "*":
-        return "x"
-    if domain.startswith("*"):
-        return "x" + domain[1:]
-    if domain.endswith("*"):
-        return domain[:-1] + "x"
-    return domain
 
 
 def compile_policy(policy: ir.Policy, bounds: KernelBounds | None = None, compiler=DagCompiler) -> Dag:

@@ -24,7 +24,7 @@ from l7fp.semantics.fields import FieldRequest
 from l7fp.semantics.http1 import Unmodelled
 from l7fp.semantics.interpreter import RBAC_DENIED_BODY, interpret
 from l7fp.semantics.request import Outcome
-from l7fp.semantics.symbolic import SymRequest, text_of
+from l7fp.semantics.symbolic import SymRequest, concrete_outcome
 from l7fp.synth import dag as synth_dag  # not `import Test`: pytest would try to collect it
 from l7fp.synth.compile import compile_policy
 from l7fp.synth.dag import Leaf, evaluate
@@ -58,13 +58,9 @@ def _outcome_of(req: SymRequest, term: DagTerm, r: FieldRequest) -> Outcome | No
     assert z3.is_true(punt) or z3.is_false(punt), f"punt flag not constant: {punt}"
     if z3.is_true(punt):
         return None
-    o = term.outcome
-    assert z3.is_true(value(o.known))
-    if z3.is_true(value(o.forward)):
-        return Outcome("forward", cluster=text_of(value(o.cluster)), upstream_path=text_of(value(o.path)),
-                       upstream_authority=text_of(value(o.authority)))
-    return Outcome("local_reply", status=value(o.status).as_long(), body=text_of(value(o.body)),
-                   location=text_of(value(o.location)) or None)
+    decided = concrete_outcome(term.outcome, pairs)
+    assert decided is not None, "a DAG leaf that is not PUNT always has an outcome"
+    return decided
 
 
 def request(method: str, target: str, *headers: tuple[str, str], host: str = "bookstore") -> FieldRequest:
