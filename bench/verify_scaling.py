@@ -404,15 +404,15 @@ def plot(path: str, rows: list[dict], console: Console) -> None:
                       f"({sys.executable}); no plot written. Install it (pip install matplotlib) "
                       f"or plot the --out JSON elsewhere.[/]")
         return
-    complete = [r for r in rows if r["verdict"] != "incomplete"]
-    partial = [r for r in rows if r["verdict"] == "incomplete"]
+    complete = [r for r in rows if r["verdict"] in (refinement.PROVEN, refinement.COUNTEREXAMPLE)]
+    partial = [r for r in rows if r not in complete]  # unknown or incomplete: the proof did not finish
     rules = [r["rules"] for r in complete]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.loglog(rules, [max(r["total_seconds"], 1e-3) for r in complete], "o-", label="total")
     left.loglog(rules, [max(r["solver_seconds"], 1e-3) for r in complete], "s--", label="solver")
     if partial:
         left.loglog([r["rules"] for r in partial], [r["total_seconds"] for r in partial], "^",
-                    label="stopped (lower bound)")
+                    label="unknown/stopped (lower bound)")
     for n, limit in TARGETS:
         left.plot([n], [limit], "rx", markersize=10)
         left.annotate(f"target {n}: {limit:g} s", (n, limit), textcoords="offset points", xytext=(5, 5))
@@ -472,7 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     if not out.is_terminal:
         out = Console(soft_wrap=True, width=160)
     progress = Console(stderr=True, quiet=args.quiet, soft_wrap=True)
-    hcm_options = [o for o in args.hcm_options.split(",") if o.strip()]
+    hcm_options = [o.strip() for o in args.hcm_options.split(",") if o.strip()]
+    unknown_options = set(hcm_options) - {"normalize_path", "merge_slashes"}
+    if unknown_options:
+        parser.error(f"--hcm-options: unknown {', '.join(sorted(unknown_options))} "
+                     f"(the DSL knows normalize_path, merge_slashes)")
+    if args.clusters < 1:
+        parser.error("--clusters wants a positive integer")
     budget = Budget(timeout_s=args.timeout, rlimit=args.rlimit)
     result = {"tool": "bench/verify_scaling.py", "sizes": args.sizes,
               "budget": {"timeout_s": budget.timeout_s, "rlimit": budget.rlimit,

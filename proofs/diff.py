@@ -117,15 +117,6 @@ def _parts(a: sym.Meaning, b: sym.Meaning, same_connection_manager: bool) -> lis
     ]
 
 
-def _readable(req: sym.SymRequest) -> list:
-    host = req.headers["host"]
-    word = z3.Plus(sym.charset_regex(ord(c) for c in "abcdefghijklmnopqrstuvwxyz0123456789.-"))
-    printable = z3.Star(sym.charset_regex(range(0x20, 0x7F)))
-    return [host.count == 1, z3.InRe(host.items[0], word), req.source_ip == sym.ip_value("127.0.0.1"),
-            z3.InRe(req.method, z3.Plus(sym.charset_regex(range(0x41, 0x5B)))),
-            *[z3.InRe(item, printable) for values in req.headers.values() for item in values.items]]
-
-
 def diff(old: ir.Policy, new: ir.Policy, budget: Budget = Budget()) -> DiffReport:
     start = time.perf_counter()
     req = sym.SymRequest(sym.mentioned_headers(old) | sym.mentioned_headers(new))
@@ -156,7 +147,7 @@ def _search(solver, assumptions, goal, exact, budget, replay, witnesses, unknown
         status = "unsat"
         found = 0
         while len(witnesses) < MAX_WITNESSES and found < MAX_PER_PART:
-            answer = solver.check(*_readable(req))  # a witness a person can read, when there is one
+            answer = solver.check(*req.readable())  # a witness a person can read, when there is one
             if answer != z3.sat:
                 answer = solver.check()
             if answer == z3.unsat:

@@ -347,6 +347,17 @@ class SymRequest:
                 z3.Implies(self.other_lines == 0, self.other_bytes == 0)]
         return out
 
+    def readable(self) -> list:
+        """Soft wishes for a solver's witness, so that a person can read it: one plain Host, a
+        loopback client, an upper-case method, printable values, no padding headers. Callers ask
+        with these first and without them when that is unsat."""
+        host = self.headers["host"]
+        word = z3.Plus(charset_regex(ord(c) for c in "abcdefghijklmnopqrstuvwxyz0123456789.-"))
+        printable = z3.Star(charset_regex(range(0x20, 0x7F)))
+        return [host.count == 1, z3.InRe(host.items[0], word), self.source_ip == ip_value("127.0.0.1"),
+                z3.InRe(self.method, z3.Plus(charset_regex(range(0x41, 0x5B)))), self.other_lines == 0,
+                *[z3.InRe(item, printable) for values in self.headers.values() for item in values.items]]
+
     def substitution(self, request: FieldRequest) -> list[tuple]:
         """(variable, value) pairs that pin this symbolic request to a concrete one."""
         pairs = [(self.method, sval(request.method)), (self.target, sval(request.target)),

@@ -305,10 +305,8 @@ class DagCompiler:
 
     def path_match(self, m: ir.RouteMatch, yes: int, no: int) -> int:
         ci = "" if m.case_sensitive else "_ci"
-        if m.kind == "prefix":
-            # A route prefix sees the query; without '?' in the prefix that is the path's prefix.
-            field = "target" if "?" in m.value else "path"
-            return self.test(Test(field, "prefix" + ci, m.value), yes, no)
+        if m.kind == "prefix":  # a route prefix sees the whole request-target, query included
+            return self.test(Test("target", "prefix" + ci, m.value), yes, no)
         if m.kind == "safe_regex":
             return self.test(Test("path", "regex", m.regex), yes, no)
         if m.kind == "path":
