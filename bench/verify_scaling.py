@@ -60,6 +60,8 @@ CAVEATS:
     (Z3 takes the signal and cancels the running query; the script tells that from a timeout by
     its timing).
     --out is rewritten after every size, so a killed run keeps the sizes it finished.
+  - The results record the git commit and the modified stage files (semantics, synth, proofs,
+    l7fp): the proof code changes often, and so do its times. Compare runs of the same code.
   - A target passes only if the verdict is "proven" and the total time is under the target;
     a size that was not run is reported as "not measured".
 """
@@ -69,6 +71,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -336,8 +339,11 @@ def targets(rows: list[dict]) -> list[dict]:
 
 # ---- output ------------------------------------------------------------------------------------
 def print_table(console: Console, result: dict) -> None:
+    code = result.get("code") or {}
+    version = f", code {code.get('commit')}{'+' + str(len(code['modified'])) + ' modified' if code.get('modified') else ''}" \
+        if code.get("commit") else ""
     table = Table(title=f"verify() vs policy size (timeout {result['budget']['timeout_s']:g} s per part, "
-                        f"rlimit {result['budget']['rlimit'] or 'none'})")
+                        f"rlimit {result['budget']['rlimit'] or 'none'}{version})")
     short = {"bounds": "bounds s", "refinement": "refine s", "never_more_permissive": "nmp s"}
     for name in ("rules", "nodes", "tests", "leaves", "depth", "load s", "compile s", "encode s",
                  *[short.get(o, f"{o} s") for o in OBLIGATIONS], "verify s", "total s", "verdict"):
@@ -432,6 +438,19 @@ def plot(path: str, rows: list[dict], console: Console) -> None:
     console.print(f"plot written to {path}")
 
 
+def code_version() -> dict:
+    """The commit measured, and which stage files differ from it: proof times move with the code."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "semantics", "synth",
+                                "proofs", "l7fp"], capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": head or None, "modified": [line[3:] for line in dirty if line.strip()]}
+
+
 # ---- main --------------------------------------------------------------------------------------
 def parse_sizes(text: str) -> list[int]:
     try:
@@ -484,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
               "budget": {"timeout_s": budget.timeout_s, "rlimit": budget.rlimit,
                          "max_seconds_per_size": args.max_seconds or None},
               "hcm_options": hcm_options, "clusters": args.clusters, "python": platform.python_version(),
-              "z3": z3.get_version_string(), "machine": platform.machine(), "runs": [], "targets": []}
+              "z3": z3.get_version_string(), "machine": platform.machine(), "code": code_version(),
+              "runs": [], "targets": []}
 
     def save():
         result["targets"] = targets(result["runs"])

@@ -61,7 +61,8 @@ NORMALIZE_POLICY = policy(route(value="/a", cluster="a"), route(value="/", clust
 HEAD_POLICY = policy(route(), filters=[rbac("DENY", everything=ir.MatchAny())])
 REWRITE_POLICY = policy(route(value="/api/", prefix_rewrite="/"), route(value="/", cluster="other"))
 INVERT_POLICY = policy(route(), filters=[rbac("DENY", debug=header("x-debug", sm("exact", "0"), invert=True))])
-PRUNE_POLICY = policy(route(kind="path", value="/a", cluster="exact"), route(value="/a", cluster="prefix"))
+# path_separated_prefix compiles to two tests on the path: equal to "/a", else prefix "/a/".
+PRUNE_POLICY = policy(route(kind="path_separated_prefix", value="/a", cluster="a"), route(value="/", cluster="other"))
 REMOTE_IP_POLICY = policy(route(), filters=[rbac("ALLOW", office=ir.MatchIp("remote_ip", ir.Cidr("10.0.0.0", 8)))])
 QUERY_POLICY = policy(route(value="/", cluster="debug", query=[ir.QueryParamMatch("debug", present=True)]),
                       route(value="/", cluster="other"))
