@@ -340,8 +340,10 @@ def targets(rows: list[dict]) -> list[dict]:
 # ---- output ------------------------------------------------------------------------------------
 def print_table(console: Console, result: dict) -> None:
     code = result.get("code") or {}
-    version = f", code {code.get('commit')}{'+' + str(len(code['modified'])) + ' modified' if code.get('modified') else ''}" \
-        if code.get("commit") else ""
+    version = ""
+    if code.get("commit"):
+        modified = f" + {len(code['modified'])} modified files" if code.get("modified") else ""
+        version = f", code {code['commit']}{modified}"
     table = Table(title=f"verify() vs policy size (timeout {result['budget']['timeout_s']:g} s per part, "
                         f"rlimit {result['budget']['rlimit'] or 'none'}{version})")
     short = {"bounds": "bounds s", "refinement": "refine s", "never_more_permissive": "nmp s"}
@@ -352,7 +354,7 @@ def print_table(console: Console, result: dict) -> None:
         d = r["dag"]
         colour = {"proven": "green", "counterexample": "red"}.get(r["verdict"], "yellow")
         table.add_row(str(r["rules"]), *[str(d.get(k, "-")) for k in ("nodes", "tests", "leaves", "depth")],
-                      _num(r["load_seconds"], ".3f"), _num(r["compile_seconds"], ".3f"), _num(r["encode_seconds"], ".3f"),
+                      *[_num(r[k], ".3f") for k in ("load_seconds", "compile_seconds", "encode_seconds")],
                       *[_obligation_cell(r["obligations"].get(o)) for o in OBLIGATIONS],
                       f"{r['verify_seconds']:.3f}", f"{r['total_seconds']:.3f}",
                       f"[{colour}]{r['verdict']}[/]")
