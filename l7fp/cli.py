@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -184,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args, Console())
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as shell tools do on SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (ConfigError, UsageError) as exc:
         # markup off: policy names such as ns[foo]-policy[x] must print as written
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)

@@ -15,7 +15,7 @@ import z3
 
 from ..semantics import symbolic as sym
 from ..semantics.symbolic import SymOutcome, SymRequest, sval
-from ..synth.dag import Dag, Leaf, Template, Test
+from ..synth.dag import Dag, Leaf, Test
 
 
 @dataclass

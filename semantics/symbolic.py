@@ -32,10 +32,10 @@ import ctypes
 import z3
 
 from . import ir
-from .fields import CONTENT_LENGTH_VALUE, METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
+from .fields import METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
 from .http1 import KNOWN_METHODS, SIZE_MARGIN
 from .interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _MUTATED_HEADERS, domain_rank
-from .regex import ANY_BUT_NEWLINE, Alt, Cat, Chars, Group, Repeat
+from .regex import Alt, Cat, Chars, Group, Repeat
 
 z3.set_param("encoding", "ascii")  # one Z3 character per byte (0..255)
 
@@ -173,10 +173,6 @@ def shape_regex(kind: str, operand: str, ignore_case: bool = False,
     return {"exact": lambda: lit, "prefix": lambda: z3.Concat(lit, anything),
             "suffix": lambda: z3.Concat(anything, lit),
             "contains": lambda: z3.Concat(anything, lit, anything)}[kind]()
-
-
-def at_most(n: int) -> z3.ReRef:
-    return z3.Loop(ANY_BYTE, 0, n)
 
 
 def nullable(regex: z3.ReRef) -> bool:
