@@ -60,7 +60,8 @@ def main(argv: list[str]) -> int:
             predicted, observed = interpret(policy, request), envoy.outcome(request.raw)
             same = predicted.observable() == observed.observable()
             disagreements += not same
-            leaf, _ = evaluate(dag, from_request(request)) if from_request(request) else (None, None)
+            fields = from_request(request)
+            leaf, _ = evaluate(dag, fields) if fields is not None else (None, None)
             kernel = "decides" if leaf is not None and leaf.action != "punt" else \
                 f"punt: {leaf.reason}" if leaf is not None else "punt: outside the parser's model"
             table.add_row(path.name, _describe(predicted), kernel, _describe(observed),

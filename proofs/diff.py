@@ -20,8 +20,7 @@ import z3
 from ..semantics import ir
 from ..semantics import symbolic as sym
 from ..semantics.fields import FieldRequest
-from ..semantics.http1 import Unmodelled
-from ..semantics.interpreter import interpret
+from ..semantics.interpreter import interpret_or_reason
 from ..semantics.request import Outcome
 from .refinement import Budget
 
@@ -78,12 +77,7 @@ class DiffReport:
 
 def _replay(old: ir.Policy, new: ir.Policy, request: FieldRequest, part: str) -> Witness:
     raw = request.request(old.listener[1])
-    outcomes = []
-    for policy in (old, new):
-        try:
-            outcomes.append((interpret(policy, request.request(policy.listener[1])), None))
-        except Unmodelled as exc:
-            outcomes.append((None, str(exc)))
+    outcomes = [interpret_or_reason(policy, request.request(policy.listener[1])) for policy in (old, new)]
     return Witness(part, request, raw.raw, raw.source, outcomes[0][0], outcomes[1][0], outcomes[0][1], outcomes[1][1])
 
 

@@ -29,8 +29,7 @@ import z3
 from ..semantics import ir
 from ..semantics import symbolic as sym
 from ..semantics.fields import FieldRequest, from_request
-from ..semantics.http1 import Unmodelled
-from ..semantics.interpreter import interpret
+from ..semantics.interpreter import interpret_or_reason
 from ..semantics.request import Outcome
 from ..synth import offload
 from ..synth.bounds import KernelBounds
@@ -134,11 +133,7 @@ class ProofReport:
 
 def parser_within_bounds(req: sym.SymRequest, bounds: KernelBounds):
     """The request fits the kernel parser's window and header-line limit (rendered as fields.py does)."""
-    size = z3.Length(req.method) + z3.Length(req.target) + 14 + req.other_bytes + z3.Sum(
-        *[z3.If(values.count > i, len(name) + 4 + z3.Length(item), 0)
-          for name, values in req.headers.items() for i, item in enumerate(values.items)])
-    lines = z3.Sum(req.other_lines, *[values.count for values in req.headers.values()])
-    return z3.And(size <= bounds.window, lines <= bounds.max_header_lines)
+    return z3.And(req.header_block_size() <= bounds.window, req.header_lines() <= bounds.max_header_lines)
 
 
 def beyond_bounds(req: sym.SymRequest, bounds: KernelBounds):
@@ -166,10 +161,7 @@ def replay(policy: ir.Policy, dag: Dag, fields: FieldRequest, obligation: str) -
     request = fields.request(policy.listener[1])
     parsed = from_request(request, policy.listener[0])
     leaf, dag_outcome = evaluate(dag, parsed) if parsed is not None else (Leaf("punt", reason="not parseable"), None)
-    try:
-        reference, error = interpret(policy, request), None
-    except Unmodelled as exc:
-        reference, error = None, str(exc)
+    reference, error = interpret_or_reason(policy, request)
     if obligation == "bounds":
         confirmed = dag_outcome is not None
     elif obligation == "never_more_permissive":
@@ -194,13 +186,17 @@ class _Prover:
         self.budget, self.smt_dir, self.stem = budget, smt_dir, stem
         self.smt_files: list[dict] = []  # {"file": path, "z3": "sat" | "unsat" | "unknown"}
         self.results: dict[str, ObligationResult] = {}
+        self.assumed = 0  # assume() levels not yet released
 
     def assume(self, *facts):
         self.solver.push()
         self.solver.add(*facts)
+        self.assumed += 1
 
-    def release(self):
-        self.solver.pop()
+    def release(self, all_of_them: bool = False):
+        for _ in range(self.assumed if all_of_them else 1):
+            self.solver.pop()
+            self.assumed -= 1
 
     def check(self, obligation: str, part: str, goal, on_model, exact=None):
         """Is there a request in the current context with `goal`? Records the answer.
@@ -301,8 +297,7 @@ def _prove(prover: _Prover, kernel, reference: sym.Meaning, req: sym.SymRequest,
     prover.check("refinement", "body", dag.body != ref.body, witness("refinement"))
     prover.check("refinement", "location", dag.location_key != ref.location_key, witness("refinement"),
                  exact=dag.location != ref.location)
-    for _ in range(5):
-        prover.release()
+    prover.release(all_of_them=True)
 
 
 def verify(policy: ir.Policy, budget: Budget = Budget(), compiler=DagCompiler,

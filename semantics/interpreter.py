@@ -29,6 +29,10 @@ _MUTATED_HEADERS = {"x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-f
                     "x-envoy-expected-rq-timeout-ms"}
 
 
+def rewritten_by_connection_manager(name: str) -> bool:
+    return name in _MUTATED_HEADERS or name.startswith("x-envoy-")
+
+
 class RequestView:
     """The request as the filters and the router see it after the connection manager."""
 
@@ -49,7 +53,7 @@ class RequestView:
             return [self.method]
         if name == ":authority":
             return [self.authority]
-        if name in _MUTATED_HEADERS or name.startswith("x-envoy-"):
+        if rewritten_by_connection_manager(name):
             raise Unmodelled(f"a matcher on header {name!r}, which Envoy's connection manager rewrites")
         return self.parsed.values(name)
 
@@ -259,7 +263,7 @@ def _rewritten_path(route: ir.Route, prefix_rewrite: str | None, regex_rewrite: 
     return path
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _redirect_location(action: ir.RedirectAction, route: ir.Route, view: RequestView) -> str:
@@ -268,7 +272,7 @@ def _redirect_location(action: ir.RedirectAction, route: ir.Route, view: Request
     if action.host is not None:
         authority = action.host
     if action.port is not None:
-        if _DEFAULT_PORTS.get(scheme) == action.port:
+        if DEFAULT_PORTS.get(scheme) == action.port:
             pass  # measured: a port_redirect equal to the scheme's default leaves the authority as it is
         else:
             host = authority.rsplit(":", 1)[0] if re.search(r":\d+$", authority) else authority
@@ -324,6 +328,14 @@ def _fault_abort(f: ir.FaultAbortFilter, view: RequestView) -> int | None:
     if re.fullmatch(r"[0-9]{1,3}", values[0]) and 200 <= int(values[0]) < 600:
         return int(values[0])
     return None
+
+
+def interpret_or_reason(policy: ir.Policy, request: Request) -> tuple[Outcome | None, str | None]:
+    """(outcome, None), or (None, why the model stops) for a request it does not model."""
+    try:
+        return interpret(policy, request), None
+    except Unmodelled as exc:
+        return None, str(exc)
 
 
 def interpret(policy: ir.Policy, request: Request) -> Outcome:

@@ -34,7 +34,8 @@ import z3
 from . import ir
 from .fields import METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
 from .http1 import KNOWN_METHODS, SIZE_MARGIN
-from .interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, _MUTATED_HEADERS, domain_rank
+from .interpreter import (DEFAULT_PORTS, FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank,
+                          rewritten_by_connection_manager)
 from .regex import Alt, Cat, Chars, Group, Repeat
 
 z3.set_param("encoding", "ascii")  # one Z3 character per byte (0..255)
@@ -343,6 +344,15 @@ class SymRequest:
                 z3.Implies(self.other_lines == 0, self.other_bytes == 0)]
         return out
 
+    def header_block_size(self):
+        """Bytes of the header block as fields.py renders it (request line to the empty line)."""
+        return z3.Length(self.method) + z3.Length(self.target) + 14 + self.other_bytes + z3.Sum(
+            *[z3.If(values.count > i, len(name) + 4 + z3.Length(item), 0)
+              for name, values in self.headers.items() for i, item in enumerate(values.items)])
+
+    def header_lines(self):
+        return z3.Sum(self.other_lines, *[values.count for values in self.headers.values()])
+
     def readable(self) -> list:
         """Soft wishes for a solver's witness, so that a person can read it: one plain Host, a
         loopback client, an upper-case method, printable values, no padding headers. Callers ask
@@ -608,7 +618,7 @@ class SymView:
             return SymValues(one, [self.method, sval("")])
         if name == ":authority":
             return SymValues(one, [self.authority, sval("")])
-        if name in _MUTATED_HEADERS or name.startswith("x-envoy-"):
+        if rewritten_by_connection_manager(name):
             return None
         return self.req.headers[name]
 
@@ -741,14 +751,11 @@ def _rewritten_path(route: ir.Route, prefix_rewrite, regex_rewrite) -> tuple | N
     return (("target_from", 0),)
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def _redirect_location(action: ir.RedirectAction, route: ir.Route) -> tuple | None:
     """The Location's template (interpreter._redirect_location); None where it raises."""
     scheme = action.scheme or "http"
     authority = ("lit", _ascii_operand(action.host)) if action.host is not None else ("authority",)
-    if action.port is not None and _DEFAULT_PORTS.get(scheme) != action.port:
+    if action.port is not None and DEFAULT_PORTS.get(scheme) != action.port:
         raise NotEncodable("port_redirect to a non-default port")
     if action.path is not None:
         if "?" in action.path:
@@ -939,12 +946,10 @@ def meaning_parts(policy: ir.Policy, req: SymRequest) -> Meaning:
     known_method = z3.Or(*[req.method == sval(m) for m in sorted(KNOWN_METHODS)])
     # The codec's header limits (http1.parse_request): the size of the header block as the field
     # model renders it, and the number of header lines.
-    size = z3.Length(req.method) + z3.Length(req.target) + 14 + req.other_bytes + z3.Sum(
-        *[z3.If(values.count > i, len(name) + 4 + z3.Length(item), 0)
-          for name, values in req.headers.items() for i, item in enumerate(values.items)])
+    size = req.header_block_size()
     limit = policy.hcm.max_request_headers_kb * 1024
     too_large = SymOutcome.reply(431, "Request Header Fields Too Large")
-    lines = z3.Sum(req.other_lines, *[values.count for values in req.headers.values()])
+    lines = req.header_lines()
     stops = [(size > limit + SIZE_MARGIN, too_large), (size > limit - SIZE_MARGIN, SymOutcome.unknown()),
              (z3.Not(known_method), SymOutcome.reply(400, "Bad Request")),  # codec: unknown method
              (req.method == sval("CONNECT"), SymOutcome.unknown()),

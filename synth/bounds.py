@@ -14,7 +14,7 @@ Two kinds of bound:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..semantics.http1 import SIZE_MARGIN
 from ..semantics.ir import HcmOptions
@@ -51,7 +51,6 @@ class KernelBounds:
     # parser bounds (bpf/)
     window: int = 4096
     max_header_lines: int = 32
-    extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def for_connection_manager(cls, hcm: HcmOptions, **overrides) -> "KernelBounds":
@@ -67,8 +66,6 @@ class KernelBounds:
         """The bounds as printed next to a proof (character sets as ranges)."""
         out = {}
         for key, value in asdict(self).items():
-            if key == "extra":
-                continue
             if isinstance(value, frozenset) and value and isinstance(next(iter(value)), int):
                 value = _ranges_text(value)
             elif isinstance(value, frozenset):

@@ -22,11 +22,10 @@ from ..semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_r
 from ..semantics.symbolic import mentioned_headers
 from . import offload
 from .bounds import KernelBounds
-from .dag import Dag, Leaf, Test, test_holds
+from .dag import Dag, Leaf, Test, branches, test_holds
 
 Branch = Callable[[int, int], int]  # (node if it holds, node if not) -> node
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _PUNT_COST = 100
 
 
@@ -372,7 +371,7 @@ class DagCompiler:
             item = graph.nodes[n]["item"]
             if isinstance(item, Leaf):
                 continue
-            yes, no = (v for _, v, d in sorted(graph.out_edges(n, data=True), key=lambda e: not e[2]["branch"]))
+            yes, no = branches(graph, n)
             decided = self.implied(item, known)
             for child, value in ((yes, True), (no, False)):
                 if decided is not None and decided != value:
@@ -407,8 +406,7 @@ class DagCompiler:
             if isinstance(item, Leaf):
                 memo[n] = n
             else:
-                yes, no = (v for _, v, d in sorted(self.graph.out_edges(n, data=True),
-                                                    key=lambda e: not e[2]["branch"]))
+                yes, no = branches(self.graph, n)
                 memo[n] = self.test(item, memo[resolve(yes)], memo[resolve(no)])
         return memo[resolve(root)]
 

@@ -31,11 +31,6 @@ from ..semantics.regex import Regex, RegexInputError, as_text
 # (template_term), evaluated concretely by render_template.
 Template = tuple
 
-STRING_OPS = ("eq", "prefix", "suffix", "contains", "eq_ci", "prefix_ci", "suffix_ci", "contains_ci",
-              "regex", "len_le", "chars_in", "int_in_range", "one_of")
-COUNT_OPS = ("le", "eq")
-IP_OPS = ("in_cidr",)
-BOOL_OPS = ("true",)
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
@@ -72,6 +67,12 @@ class Leaf:
         return f"reply {self.status}"
 
 
+def branches(graph: nx.DiGraph, n) -> tuple[int, int]:
+    """(true child, false child) of a test node."""
+    out = {d["branch"]: v for _, v, d in graph.out_edges(n, data=True)}
+    return out[True], out[False]
+
+
 class Dag:
     """A rooted DiGraph of Test and Leaf nodes, plus the bounds it was compiled under."""
 
@@ -82,9 +83,7 @@ class Dag:
         return self.graph.nodes[n]["item"]
 
     def children(self, n) -> tuple[int, int]:
-        """(true child, false child) of a test node."""
-        out = {d["branch"]: v for _, v, d in self.graph.out_edges(n, data=True)}
-        return out[True], out[False]
+        return branches(self.graph, n)
 
     def tests(self) -> int:
         return sum(1 for n in self.graph if isinstance(self.node(n), Test))

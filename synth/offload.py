@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..semantics import ir
 from ..semantics.errors import Origin
-from ..semantics.interpreter import _MUTATED_HEADERS
+from ..semantics.interpreter import DEFAULT_PORTS, rewritten_by_connection_manager
 from ..semantics.symbolic import NotEncodable, regex_to_z3
 
 KERNEL, CONSTANT, PARTIAL, PUNT = "kernel", "constant", "partial", "punt"
@@ -53,7 +53,7 @@ def _string_punt(m: ir.StringMatch | None) -> str | None:
 
 
 def header_punt(h: ir.HeaderMatch) -> str | None:
-    if h.name in _MUTATED_HEADERS or h.name.startswith("x-envoy-"):
+    if rewritten_by_connection_manager(h.name):
         return f"header {h.name!r} is rewritten by Envoy's connection manager before the filters run"
     return _string_punt(h.string)
 
@@ -87,9 +87,6 @@ def matcher_constant(node) -> str | None:
     return None
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def action_punt(route: ir.Route) -> str | None:
     action = route.action
     rewrites = []
@@ -102,7 +99,7 @@ def action_punt(route: ir.Route) -> str | None:
     if isinstance(action, ir.ForwardAction):
         rewrites.append(action.host_rewrite)
     if isinstance(action, ir.RedirectAction):
-        if action.port is not None and _DEFAULT_PORTS.get(action.scheme or "http") != action.port:
+        if action.port is not None and DEFAULT_PORTS.get(action.scheme or "http") != action.port:
             return "port_redirect to a non-default port"
         rewrites += [action.host, action.path]
     for text in rewrites:
