@@ -55,6 +55,30 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("old", metavar="OLD", help="the policy before the change (file, or several joined with ',')")
     diff.add_argument("new", metavar="NEW", help="the policy after the change")
     _report_options(diff)
+
+    comp = sub.add_parser("compile", help="write the DAG, the kernel C, the slow-path Envoy config and a report",
+                          description="Synthesize the kernel program for a policy and write into DIR: dag.graphml and "
+                          "dag.png (the match-action DAG), sk_skb.c and test_run.c (the C bcc loads), envoy.yaml (the "
+                          "slow-path Envoy config `l7fp run` supervises) and report.json (what is decided in kernel, "
+                          "what is punted and why). Nothing is loaded into the kernel.")
+    comp.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
+    comp.add_argument("--output", "-o", metavar="DIR", help="directory to write into (created if missing)")
+    comp.add_argument("--print-c", action="store_true", help="print the data plane's C to stdout")
+    comp.add_argument("--listener", help="listener name, when the bootstrap has several")
+
+    run = sub.add_parser("run", help="the data plane: kernel fast path, Envoy as the slow path",
+                         description="Prove the kernel DAG (nothing is loaded unless the proof holds), load the "
+                         "sk_skb program, listen, decide requests in the kernel and hand the rest to a supervised "
+                         f"Envoy {ENVOY_VERSION}. Runs until SIGINT/SIGTERM, then detaches and closes everything. "
+                         "Needs root.")
+    run.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
+    run.add_argument("--listen", metavar="IP:PORT", help="where to accept (default: the config's listener)")
+    run.add_argument("--admin", metavar="IP:PORT", default="127.0.0.1:9901",
+                     help="admin endpoint, /stats?format=json (default 127.0.0.1:9901)")
+    run.add_argument("--cluster", action="append", default=[], metavar="NAME=IP:PORT",
+                     help="address of a cluster (repeatable); default: the config's endpoints")
+    run.add_argument("--listener", help="listener name, when the bootstrap has several")
+    run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="proof budget per query (s)")
     return parser
 
 
@@ -174,7 +198,63 @@ def cmd_diff(args, out: Console) -> int:
     return {"equivalent": EXIT_OK, "different": EXIT_DIFFERENT}.get(result.verdict, EXIT_UNKNOWN)
 
 
-COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff}
+def _kernel_program(policy):
+    from l7fp.bpf.codegen import generate
+    from l7fp.synth.compile import compile_policy
+
+    return generate(compile_policy(policy), policy.hcm)
+
+
+def cmd_compile(args, out: Console) -> int:
+    from l7fp.bpf.artifacts import write_artifacts
+    from l7fp.semantics.frontends import load_policy
+
+    if not args.output and not args.print_c:
+        raise UsageError("give --output DIR, --print-c, or both")
+    policy = load_policy(args.configs, listener=args.listener)
+    program = _kernel_program(policy)
+    if args.print_c:
+        print(program.source("sk_skb"))
+    if args.output:
+        written = write_artifacts(policy, program, args.output)
+        Console(stderr=True).print(f"wrote {', '.join(written)} into {args.output}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_run(args, out: Console) -> int:
+    from l7fp.bpf.dataplane import DataPlane, DataPlaneError, endpoints_of, run_until_signal
+    from l7fp.bpf.loader import KernelLoadError
+    from l7fp.proofs.refinement import Budget, verify
+    from l7fp.semantics.frontends import load_policy
+
+    err = Console(stderr=True)
+    policy = load_policy(args.configs, listener=args.listener)
+    overrides = {}
+    for item in args.cluster:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise UsageError(f"--cluster expects NAME=IP:PORT, got {item!r}")
+        overrides[name] = _address(address)
+    with err.status("proving the kernel DAG before loading it…"):
+        result = verify(policy, Budget(timeout_s=args.timeout))
+    if result.verdict != "proven":
+        err.print(f"error: the kernel DAG is not proven ({result.verdict}); nothing was loaded. "
+                  "`l7fp verify` shows why.", highlight=False)
+        return EXIT_DIFFERENT if result.verdict == "counterexample" else EXIT_UNKNOWN
+    listen = _address(args.listen) if args.listen else policy.listener
+    try:
+        plane = DataPlane(policy, _kernel_program(policy), listen, _address(args.admin),
+                          endpoints_of(policy, overrides))
+    except (DataPlaneError, KernelLoadError) as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    print(f"l7fp run: ready on {listen[0]}:{listen[1]} (admin http://{args.admin}/stats?format=json, "
+          f"slow path Envoy on 127.0.0.1:{plane.slow.port})", flush=True)
+    run_until_signal(plane)
+    return EXIT_OK
+
+
+COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff, "compile": cmd_compile, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

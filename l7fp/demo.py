@@ -1,11 +1,11 @@
-"""`make demo`: the main job on a bundled example, end to end with what exists today.
+"""`make demo`: the main job on a bundled example, end to end.
 
 Loads the example's Envoy config, synthesizes the kernel's match-action DAG and proves it decides as
-Envoy (or punts), then explains each bundled request with the reference interpreter, says whether
-the kernel DAG decides it or punts it, replays the same bytes through a real Envoy 1.40.0 running
-that config, and prints all of it side by side. Loading the DAG into the kernel and serving traffic
-(bpf/, issue 4) joins this command when it lands; until then the demo says so instead of pretending.
-Exit status 1 if the proof fails or the interpreter and Envoy disagree on any request.
+Envoy (or punts); only then loads it into the kernel (sk_skb on a SOCKHASH, bpf/dataplane.py) with a
+supervised Envoy as slow path, sends each bundled request through it on real sockets, sends the same
+bytes to a real Envoy 1.40.0 running the config, and prints side by side what the reference
+interpreter predicts, whether the kernel decided the request or punted it (from the kernel's own
+counters), and both answers. Exit status 1 if the proof fails or any answer differs from Envoy's.
 """
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from rich.console import Console
 from rich.table import Table
 
 from l7fp import ENVOY_VERSION
-from l7fp.proofs.envoy_oracle import EnvoyOracle
+import threading
+
+from l7fp.bpf.codegen import generate
+from l7fp.bpf.dataplane import DataPlane
+from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port, outcome_of, send_raw
 from l7fp.proofs.refinement import verify
-from l7fp.semantics.fields import from_request
 from l7fp.semantics.frontends import load_policy
 from l7fp.semantics.interpreter import interpret
 from l7fp.semantics.request import Outcome, Request
 from l7fp.synth.compile import compile_policy
-from l7fp.synth.dag import evaluate
 
 
 def _describe(outcome: Outcome) -> str:
@@ -48,26 +50,46 @@ def main(argv: list[str]) -> int:
     console.print(f"kernel DAG: {stats['nodes']} nodes ({stats['punt_leaves']} PUNT leaves); proof "
                   f"[{colour}]{proof.verdict}[/{colour}] in {proof.solver_seconds:.1f} s "
                   f"({', '.join(f'{o.name} {o.status}' for o in proof.obligations)})")
-    console.print("[yellow]loading the DAG into the kernel (bpf/) lands with issue 4: every request below "
-                  "is answered by Envoy; the 'kernel' column says what the proven DAG would do.[/yellow]")
-    table = Table(title=f"reference interpreter vs real Envoy {ENVOY_VERSION}")
-    for column in ("request", "l7fp explain", "kernel", "envoy answered", "same?"):
+    if proof.verdict != "proven":
+        console.print("[red]not proven: nothing is loaded into the kernel[/red]")
+        return 1
+    table = Table(title=f"l7fp run (kernel fast path + Envoy slow path) vs real Envoy {ENVOY_VERSION}")
+    for column in ("request", "l7fp explain", "kernel", "l7fp answered", "envoy answered", "same?"):
         table.add_column(column)
     disagreements = 0
     with EnvoyOracle(str(config)) as envoy:
-        for path in sorted((example / "requests").glob("*.http")):
-            request = Request.from_file(str(path))
-            predicted, observed = interpret(policy, request), envoy.outcome(request.raw)
-            same = predicted.observable() == observed.observable()
-            disagreements += not same
-            fields = from_request(request)
-            leaf, _ = evaluate(dag, fields) if fields is not None else (None, None)
-            kernel = "decides" if leaf is not None and leaf.action != "punt" else \
-                f"punt: {leaf.reason}" if leaf is not None else "punt: outside the parser's model"
-            table.add_row(path.name, _describe(predicted), kernel, _describe(observed),
-                          "[green]yes[/green]" if same else "[red]NO[/red]")
+        endpoints = {name: ("127.0.0.1", backend.port) for name, backend in envoy.backends.items()}
+        address = ("127.0.0.1", free_port())
+        with console.status("loading the kernel program (bcc compiles it, the verifier checks it)…"):
+            plane = DataPlane(policy, generate(dag, policy.hcm), address, None, endpoints)
+        server = threading.Thread(target=plane.serve_forever, daemon=True)
+        server.start()
+        try:
+            for path in sorted((example / "requests").glob("*.http")):
+                request = Request.from_file(str(path))
+                before = plane.counters()
+                got = outcome_of(send_raw(address, request.raw))
+                after = plane.counters()
+                predicted, observed = interpret(policy, request), envoy.outcome(request.raw)
+                same = got.observable() == observed.observable()
+                disagreements += not same
+                new_punts = {k: v - before["punts"].get(k, 0) for k, v in after["punts"].items()
+                             if v != before["punts"].get(k, 0)}
+                kernel = ("[green]decided in kernel[/green]" if after["fast_path"] > before["fast_path"] else
+                          "punt: " + ", ".join(new_punts) if new_punts else "punt")
+                table.add_row(path.name, _describe(predicted), kernel, _describe(got), _describe(observed),
+                              "[green]yes[/green]" if same else "[red]NO[/red]")
+        finally:
+            plane.stop()
+            server.join(5)
+            counters = plane.counters()
+            plane.close()
     console.print(table)
-    console.print("[green]all requests agree[/green]" if not disagreements
+    console.print(f"kernel counters: {counters['fast_path']} decided in kernel "
+                  f"({counters['forwarded_in_kernel']} forwarded, {counters['local_replies_in_kernel']} local replies), "
+                  f"{counters['punted']} punted to Envoy; verifier: "
+                  + ", ".join(f"{p['name']} {p['verified_insns']} insns" for p in counters["programs"]))
+    console.print("[green]every answer equals Envoy's[/green]" if not disagreements
                   else f"[red]{disagreements} disagreement(s)[/red]")
     return 1 if disagreements or proof.verdict != "proven" else 0
 

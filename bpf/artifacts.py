@@ -1,0 +1,78 @@
+"""What `l7fp compile -o DIR` writes: the DAG (GraphML and a picture), the C bcc loads, the slow-path
+Envoy config `l7fp run` supervises, and a report of what the kernel decides and what it punts.
+
+Used by the CLI only. Nothing here loads anything into the kernel.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+import yaml
+
+from ..semantics import ir
+from ..semantics.to_envoy import bootstrap
+from ..synth.dag import Leaf
+from .codegen import PARSER_VERDICTS, KernelProgram
+from .dataplane import _PROXY_PROTOCOL
+
+
+def _graph_for_export(program: KernelProgram) -> nx.DiGraph:
+    dag = program.dag
+    out = nx.DiGraph()
+    for n in dag.graph:
+        item = dag.node(n)
+        out.add_node(n, kind="leaf" if isinstance(item, Leaf) else "test", label=item.describe()[:200])
+    for u, v, data in dag.graph.edges(data=True):
+        out.add_edge(u, v, branch=str(data["branch"]).lower())
+    return out
+
+
+def _picture(graph: nx.DiGraph, root: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = {n: d for n, d in nx.single_source_shortest_path_length(graph, root).items()}
+    for n in graph:
+        graph.nodes[n]["layer"] = layers.get(n, 0)
+    position = nx.multipartite_layout(graph, subset_key="layer", align="horizontal")
+    position = {n: (x, -y) for n, (x, y) in position.items()}
+    size = max(8, min(40, len(graph) // 3))
+    figure = plt.figure(figsize=(size, size))
+    colors = ["#cde" if graph.nodes[n]["kind"] == "test" else "#fdb" for n in graph]
+    nx.draw_networkx(graph, position, labels={n: graph.nodes[n]["label"][:40] for n in graph},
+                     node_color=colors, font_size=6, node_size=300, arrows=True)
+    plt.axis("off")
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def report(program: KernelProgram) -> dict:
+    leaves = [v for v in program.verdicts if v.node is not None]
+    return {
+        "decided_in_kernel": [{"verdict": v.kind, "rule": v.reason, "cluster": v.cluster} for v in leaves
+                              if v.kind != "punt"],
+        "punted": [{"reason": v.reason} for v in leaves if v.kind == "punt"],
+        "lowered": [{"node": x.node, "what": x.what, "reason": x.reason} for x in program.lowered],
+        "parser_punts": [{"name": name, "reason": reason} for name, reason in PARSER_VERDICTS],
+        "bounds": program.dag.bounds.describe(),
+        "dag": program.dag.stats(),
+    }
+
+
+def write_artifacts(policy: ir.Policy, program: KernelProgram, directory: str) -> list[str]:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = _graph_for_export(program)
+    nx.write_graphml(graph, out / "dag.graphml")
+    _picture(graph, program.dag.root, out / "dag.png")
+    for entry in ("sk_skb", "test_run"):
+        (out / f"{entry}.c").write_text(program.source(entry))
+    envoy = bootstrap(policy, listener=("127.0.0.1", 15001))
+    envoy["static_resources"]["listeners"][0]["listener_filters"] = [_PROXY_PROTOCOL]
+    (out / "envoy.yaml").write_text(yaml.safe_dump(envoy, sort_keys=False))
+    (out / "report.json").write_text(json.dumps(report(program), indent=2))
+    return ["dag.graphml", "dag.png", "sk_skb.c", "test_run.c", "envoy.yaml", "report.json"]

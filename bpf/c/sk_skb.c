@@ -1,0 +1,121 @@
+/* Entry for the data plane: the generated decision code as an sk_skb verdict program on a SOCKHASH
+ * (verdict only, no stream parser: each skb is seen once, from its first byte; see DESIGN.md).
+ *
+ * Downstream sockets are keyed {cookie, 0}; the upstream for cluster slot k of the same connection
+ * is {cookie, k}. Bytes from an upstream go back to its client (`peers`). Per request:
+ *   forward -> redirected in kernel to the chosen upstream socket;
+ *   reply   -> passed to the agent's socket queue, the agent writes Envoy's exact reply
+ *              (an in-kernel rewrite that changes the skb's length breaks TCP's read accounting on
+ *              this kernel: docs/dataplane.md) and acknowledges it in `acks`;
+ *   punt    -> the connection is marked punted and from then on every byte goes to the agent,
+ *              which relays it to Envoy.
+ * A request that arrives while a reply is unacknowledged punts, so answers never overtake each other.
+ */
+struct sock_key {
+    u64 cookie;
+    u32 slot;
+    u32 pad;
+};
+
+/* bcc 0.26 declares bpf_get_socket_cookie as returning 32 bits; cookies are 64. */
+static u64 (*l7fp_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+
+BPF_SOCKHASH(sockets, struct sock_key, 65536);
+BPF_HASH(peers, u64, struct sock_key, 65536);
+BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
+BPF_HASH(acks, u64, u32, 16384);
+BPF_ARRAY(tables, struct tables, 1);
+BPF_PROG_ARRAY(progs, 2);
+BPF_PERCPU_ARRAY(counts, u64, N_VERDICTS);
+
+static __always_inline void l7fp_count(u32 v)
+{
+    u32 index = v & (N_VERDICTS - 1);
+    u64 *n = counts.lookup(&index);
+    if (n)
+        *n += 1;
+}
+
+static __always_inline int l7fp_punt(struct conn *c, u32 v)
+{
+    c->mode = MODE_PUNTED;
+    c->punt = v;
+    l7fp_count(v);
+    return SK_PASS;
+}
+
+static __always_inline struct tables *l7fp_tables(void)
+{
+    u32 zero = 0;
+    return tables.lookup(&zero);
+}
+
+int l7fp_entry(struct __sk_buff *skb)
+{
+    u64 cookie = l7fp_cookie(skb);
+    struct sock_key *peer = peers.lookup(&cookie);
+    if (peer) {
+        struct sock_key back = *peer;
+        return sockets.sk_redirect_hash(skb, &back, 0);
+    }
+    struct conn *c = conns.lookup(&cookie);
+    struct tables *t = l7fp_tables();
+    if (!c || !t)
+        return SK_PASS; /* not ours yet: the agent reads it */
+    if (c->mode != MODE_FAST || skb->len == 0)
+        return SK_PASS;
+    u32 *acked = acks.lookup(&cookie);
+    if (c->replies != (acked ? *acked : 0))
+        return l7fp_punt(c, V_REPLY_PENDING);
+    if (l7fp_load(skb, c) < 0)
+        return l7fp_punt(c, V_INCOMPLETE);
+    l7fp_scan(c, t);
+    progs.call(skb, 0);
+    return l7fp_punt(c, V_NO_STATE);
+}
+
+static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const struct tables *t, u64 cookie, u32 v)
+{
+    u32 word = t->verdict[v & (N_VERDICTS - 1)];
+    u32 kind = word >> 16;
+    if (kind == KIND_FORWARD) {
+        struct sock_key up = {.cookie = cookie, .slot = word & 0xffff, .pad = 0};
+        if (sockets.sk_redirect_hash(skb, &up, 0) != SK_PASS)
+            return l7fp_punt(c, V_NO_UPSTREAM);
+        l7fp_count(v);
+        return SK_PASS;
+    }
+    if (kind == KIND_REPLY) {
+        if (c->end != c->pos[P_HEADEND])
+            return l7fp_punt(c, V_REPLY_WITH_BODY);
+        c->replies += 1;
+        c->reply = v;
+        l7fp_count(v);
+        return SK_PASS;
+    }
+    return l7fp_punt(c, v);
+}
+
+int l7fp_frame_request(struct __sk_buff *skb)
+{
+    u64 cookie = l7fp_cookie(skb);
+    struct conn *c = conns.lookup(&cookie);
+    struct tables *t = l7fp_tables();
+    if (!c || !t)
+        return SK_PASS;
+    u32 v = l7fp_frame(c, t, skb->len);
+    if (v != V_OK)
+        return l7fp_punt(c, v);
+    progs.call(skb, 1);
+    return l7fp_punt(c, V_NO_STATE);
+}
+
+int l7fp_decide(struct __sk_buff *skb)
+{
+    u64 cookie = l7fp_cookie(skb);
+    struct conn *c = conns.lookup(&cookie);
+    struct tables *t = l7fp_tables();
+    if (!c || !t)
+        return SK_PASS;
+    return l7fp_act(skb, c, t, cookie, l7fp_dag(c, t));
+}

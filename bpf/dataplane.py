@@ -1,0 +1,410 @@
+"""The data plane agent behind `l7fp run`: kernel fast path on a SOCKHASH, Envoy as the slow path.
+
+Used by the CLI (`l7fp run`), the demo (`make demo`), the kernel tests (tests/bpf/) and the bench.
+What it does, per downstream connection (docs/dataplane.md has the picture and the limits):
+
+1. accept; open one upstream connection per cluster the kernel may forward to; write the
+   connection's state (addresses) into `conns`; put the upstreams and then the client into the
+   SOCKHASH (keys {cookie, slot}), and read once from the client so bytes that arrived before it was
+   in the map go through the verdict too;
+2. the kernel decides each request (bpf/c/sk_skb.c): forwards are redirected socket to socket in
+   the kernel, responses come back the same way; the agent sees no bytes of them;
+3. local replies: the kernel passes the request to this agent, which writes Envoy's exact reply
+   (semantics/wire.py) and acknowledges it in `acks`;
+4. punts: every byte of the connection from then on comes to the agent, which relays it to the
+   supervised Envoy (PROXY protocol v1 carries the client's addresses, so Envoy's RBAC sees them).
+
+Admin endpoint (`/stats?format=json`): `fast_path` (requests decided in kernel), `local_replies_in_kernel`
+(of those, local replies), `forwarded_in_kernel`, `punted` and `punts` by reason, `connections`.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+from ..proofs.envoy_oracle import checked_envoy_binary, free_port
+from ..semantics import ir, wire
+from ..semantics.to_envoy import bootstrap
+from .codegen import PARSER_VERDICTS, KernelProgram
+from .loader import ProgramStats, compile_source, fill_tables, load_function, program_stats
+
+BPF_PROG_TYPE_SK_SKB = 14
+BPF_SK_SKB_VERDICT = 38
+SO_COOKIE = 57
+PROGRAMS = ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")
+MODE_PUNTED = 1
+_PROXY_PROTOCOL = {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}
+
+
+class DataPlaneError(Exception):
+    """The data plane cannot start (bad cluster address, port in use, Envoy failing): says why."""
+
+
+def _cookie(sock: socket.socket) -> int:
+    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+
+
+class _SockKey(ct.Structure):
+    _fields_ = [("cookie", ct.c_uint64), ("slot", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class SlowPath:
+    """The supervised Envoy: the same policy (from the IR) on an internal port, PROXY protocol in."""
+
+    def __init__(self, policy: ir.Policy, endpoints: dict[str, tuple[str, int]]):
+        self.port = free_port()
+        config = bootstrap(policy, listener=("127.0.0.1", self.port), endpoints=endpoints)
+        config["static_resources"]["listeners"][0]["listener_filters"] = [_PROXY_PROTOCOL]
+        self.admin_port = free_port()
+        config["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}
+        self.dir = tempfile.mkdtemp(prefix="l7fp-run-")
+        self.config_path = os.path.join(self.dir, "envoy.yaml")
+        with open(self.config_path, "w") as handle:
+            yaml.safe_dump(config, handle)
+        self.log_path = os.path.join(self.dir, "envoy.log")
+        self.proc = subprocess.Popen([checked_envoy_binary(), "-c", self.config_path, "--concurrency", "1",
+                                      "--disable-hot-restart", "-l", "warning", "--log-path", self.log_path],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DataPlaneError(f"the slow-path Envoy exited ({self.proc.returncode}); log: {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.close()
+        raise DataPlaneError(f"the slow-path Envoy did not listen within 20 s; log: {self.log_path}")
+
+    def connect(self, client: tuple[str, int], local: tuple[str, int]) -> socket.socket:
+        # The PROXY header gives Envoy the client's address as remote_ip, but direct_remote_ip stays
+        # the connection's own peer (docs/bugs/0003): so the connection to Envoy is made from the
+        # client's IP where the kernel lets us (any loopback address; others with IP_TRANSPARENT).
+        sock = socket.socket()
+        try:
+            sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+            sock.bind((client[0], 0))
+        except OSError:
+            pass
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", self.port))
+        sock.sendall(f"PROXY TCP4 {client[0]} {local[0]} {client[1]} {local[1]}\r\n".encode())
+        sock.setblocking(False)
+        return sock
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class _Connection:
+    client: socket.socket
+    cookie: int
+    peer: tuple[str, int]
+    local: tuple[str, int]
+    upstreams: list[socket.socket] = field(default_factory=list)
+    envoy: socket.socket | None = None  # set once the connection is punted
+
+
+class DataPlane:
+    """Load the kernel program, listen, and serve until `stop()`."""
+
+    def __init__(self, policy: ir.Policy, program: KernelProgram, listen: tuple[str, int],
+                 admin: tuple[str, int] | None, endpoints: dict[str, tuple[str, int]]):
+        self.policy, self.program, self.listen_address = policy, program, listen
+        missing = [c for c in program.clusters[1:] if c not in endpoints]
+        if missing:
+            raise DataPlaneError(f"no address for cluster(s) {', '.join(missing)}: give --cluster NAME=HOST:PORT")
+        self.endpoints = endpoints
+        self.module = compile_source(program.source("sk_skb"), "data plane")
+        functions = [load_function(self.module, name, BPF_PROG_TYPE_SK_SKB) for name in PROGRAMS]
+        self.stats: list[ProgramStats] = [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
+        for index, function in enumerate(functions[1:]):
+            self.module["progs"][ct.c_int(index)] = ct.c_int(function.fd)
+        fill_tables(self.module, program)
+        from bcc.libbcc import lib
+
+        self._lib = lib
+        self._sockets_fd = lib.bpf_table_fd(self.module.module, b"sockets")
+        self._entry = functions[0]
+        if lib.bpf_prog_attach(self._entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT, 0) < 0:
+            raise DataPlaneError(f"cannot attach the sk_skb verdict program: {os.strerror(ct.get_errno())}")
+        self._conns, self._acks, self._peers = self.module["conns"], self.module["acks"], self.module["peers"]
+        self._counts = self.module["counts"]
+        self.agent_punts: dict[str, int] = {}
+        self.connections = 0
+        self.slow = SlowPath(policy, endpoints)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind(listen)
+        except OSError as exc:
+            self.close()
+            raise DataPlaneError(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}") from exc
+        self.listener.listen(512)
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self._by_fd: dict[int, _Connection] = {}
+        self._stopping = threading.Event()
+        self.admin = _AdminServer(admin, self) if admin else None
+
+    # ---- map plumbing -------------------------------------------------------------------------
+    def _insert(self, sock: socket.socket, cookie: int, slot: int) -> None:
+        key, fd = _SockKey(cookie, slot, 0), ct.c_int(sock.fileno())
+        if self._lib.bpf_update_elem(self._sockets_fd, ct.byref(key), ct.byref(fd), 0) < 0:
+            raise OSError(ct.get_errno(), "socket map insert")
+
+    # ---- connections --------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            self.connections += 1
+            try:
+                self._adopt(client, peer)
+            except OSError:
+                client.close()
+
+    def _adopt(self, client: socket.socket, peer) -> None:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The policy (and the proven DAG) is about the config's listener; with --listen elsewhere,
+        # Envoy is still told the request came to that port, so destination_port means the same.
+        local = (client.getsockname()[0], self.policy.listener[1])
+        cookie = _cookie(client)
+        state = self._conns.Leaf()
+        state.src_ip = int(ipaddress.IPv4Address(peer[0]))
+        state.dst_ip = int(ipaddress.IPv4Address(local[0]))
+        conn = _Connection(client, cookie, peer, local)
+        for slot, cluster in enumerate(self.program.clusters[1:], start=1):
+            upstream = socket.create_connection(self.endpoints[cluster], timeout=5)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstream.setblocking(False)
+            conn.upstreams.append(upstream)
+            back = self._peers.Leaf()
+            back.cookie, back.slot = cookie, 0
+            self._peers[ct.c_uint64(_cookie(upstream))] = back
+            self._insert(upstream, cookie, slot)
+            self.selector.register(upstream, selectors.EVENT_READ, ("upstream", conn))
+        self._conns[ct.c_uint64(cookie)] = state
+        client.setblocking(False)
+        self._insert(client, cookie, 0)
+        self._by_fd[client.fileno()] = conn
+        self.selector.register(client, selectors.EVENT_READ, ("client", conn))
+        # Bytes queued before the insert go through the verdict once the socket is read.
+        self._on_client(conn)
+
+    def _on_client(self, conn: _Connection) -> None:
+        while True:
+            try:
+                data = conn.client.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(conn)
+                return
+            self._handle(conn, data)
+
+    def _handle(self, conn: _Connection, data: bytes) -> None:
+        if conn.envoy is not None:
+            conn.envoy.sendall(data)
+            return
+        key = ct.c_uint64(conn.cookie)
+        state = self._conns[key]
+        acked = self._acks.get(key)
+        acked = acked.value if acked is not None else 0
+        if state.mode != MODE_PUNTED and state.replies != acked:
+            verdict = self.program.verdicts[state.reply]
+            reply = self._reply_bytes(verdict, data)
+            if reply is not None:
+                conn.client.sendall(reply)
+                self._acks[key] = ct.c_uint32(state.replies)
+                return
+        self._punt(conn, data)
+
+    def _reply_bytes(self, verdict, request: bytes) -> bytes | None:
+        """Envoy's reply for a reply verdict, or None when the agent hands the request to Envoy."""
+        leaf = verdict.leaf
+        if request.startswith(b"HEAD "):
+            self._agent_punt("HEAD: Envoy's reply keeps the framing of the body it leaves out")
+            return None
+        if leaf.location is None and (leaf.status == 201 or 300 <= leaf.status <= 399):
+            self._agent_punt("direct response 201/3xx: Envoy adds the request URL as Location")
+            return None
+        location = "".join(part[1] for part in leaf.location) if leaf.location else None
+        return wire.local_reply(leaf.status, leaf.body, head=False, date=wire.http_date(time.time()),
+                                location=location)
+
+    def _agent_punt(self, reason: str) -> None:
+        self.agent_punts[reason] = self.agent_punts.get(reason, 0) + 1
+
+    def _punt(self, conn: _Connection, data: bytes) -> None:
+        try:
+            conn.envoy = self.slow.connect(conn.peer, conn.local)
+        except OSError:
+            self._close(conn)
+            return
+        self.selector.register(conn.envoy, selectors.EVENT_READ, ("envoy", conn))
+        conn.envoy.sendall(data)
+
+    def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(conn)
+                return
+            try:
+                conn.client.sendall(data)
+            except OSError:
+                self._close(conn)
+                return
+
+    def _close(self, conn: _Connection) -> None:
+        if self._by_fd.pop(conn.client.fileno(), None) is None:
+            return
+        for sock in [conn.client, *conn.upstreams, *([conn.envoy] if conn.envoy else [])]:
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+        for upstream in conn.upstreams:
+            try:
+                del self._peers[ct.c_uint64(_cookie(upstream))]
+            except (KeyError, OSError):
+                pass
+        for table in (self._conns, self._acks):
+            try:
+                del table[ct.c_uint64(conn.cookie)]
+            except KeyError:
+                pass
+        for sock in [conn.client, *conn.upstreams, *([conn.envoy] if conn.envoy else [])]:
+            sock.close()
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            for key, _ in self.selector.select(timeout=0.2):
+                kind, conn = key.data
+                if kind == "accept":
+                    self._accept()
+                elif kind == "client":
+                    self._on_client(conn)
+                else:
+                    self._on_peer(conn, key.fileobj)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Detach the program, close every socket, stop Envoy and the admin server."""
+        for conn in list(self._by_fd.values()):
+            self._close(conn)
+        if getattr(self, "admin", None):
+            self.admin.close()
+        if getattr(self, "listener", None):
+            self.listener.close()
+        if getattr(self, "_entry", None):
+            self._lib.bpf_prog_detach2(self._entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT)
+            self._entry = None
+        if getattr(self, "slow", None):
+            self.slow.close()
+        self.module.cleanup()
+
+    # ---- counters -----------------------------------------------------------------------------
+    def counters(self) -> dict:
+        forwarded = replies = 0
+        punts: dict[str, int] = dict(self.agent_punts)
+        for v in self.program.verdicts:
+            n = int(self._counts.sum(ct.c_int(v.code)).value)
+            if not n:
+                continue
+            if v.kind == "forward":
+                forwarded += n
+            elif v.kind == "reply":
+                replies += n
+            else:
+                reason = PARSER_VERDICTS[v.code][1] if v.code < len(PARSER_VERDICTS) else v.reason
+                punts[reason] = punts.get(reason, 0) + n
+        agent = sum(self.agent_punts.values())
+        return {"fast_path": forwarded + replies - agent, "forwarded_in_kernel": forwarded,
+                "local_replies_in_kernel": replies - agent, "punted": sum(punts.values()), "punts": punts,
+                "connections": self.connections,
+                "programs": [{"name": s.name, "verified_insns": s.verified_insns} for s in self.stats]}
+
+
+class _AdminServer:
+    def __init__(self, address: tuple[str, int], plane: DataPlane):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if not self.path.startswith("/stats"):
+                    self.send_error(404, "try /stats?format=json")
+                    return
+                stats = plane.counters()
+                as_json = "format=json" in self.path
+                body = (json.dumps(stats, indent=2) if as_json else
+                        "".join(f"{k}: {v}\n" for k, v in stats.items() if not isinstance(v, (dict, list)))).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json" if as_json else "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        try:
+            self.server = ThreadingHTTPServer(address, Handler)
+        except OSError as exc:
+            raise DataPlaneError(f"cannot serve the admin endpoint on {address[0]}:{address[1]}: {exc.strerror}") from exc
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def endpoints_of(policy: ir.Policy, overrides: dict[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+    out = {c.name: c.endpoints[0] for c in policy.clusters if c.endpoints}
+    out.update(overrides)
+    return out
+
+
+def run_until_signal(plane: DataPlane) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: plane.stop())
+    try:
+        plane.serve_forever()
+    finally:
+        plane.close()

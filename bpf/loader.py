@@ -1,0 +1,203 @@
+"""Loading a KernelProgram with bcc: compile, verify (with a budget), fill the tables.
+
+Used by the data plane agent (bpf/dataplane.py), the test-run harness (bpf/testrun.py), `l7fp compile`
+and the verifier-budget tests. bcc 0.26 has no Python class for socket maps, no verifier-log capture
+and no BPF_PROG_TEST_RUN, so this module reaches those through libbcc (which bundles libbpf) with
+ctypes, in one place.
+
+A verifier rejection becomes `KernelLoadError` naming the program and the verifier's last words,
+never a multi-megabyte log dump; `verified_insns` reads the kernel's own count of instructions
+processed (bpf_prog_info.verified_insns), which tests keep under the 1M limit.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import tempfile
+from dataclasses import dataclass
+
+from .codegen import KernelProgram
+
+VERIFIER_LIMIT = 1_000_000  # BPF_COMPLEXITY_LIMIT_INSNS
+_PROG_INFO_SIZE = 232  # sizeof(struct bpf_prog_info) in the 6.x uapi
+_OFF_XLATED_LEN, _OFF_VERIFIED_INSNS = 20, 216
+ETH_HEADER = b"\x00" * 12 + b"\x88\xb5"  # BPF_PROG_TEST_RUN pulls 14 bytes before a socket filter runs; a
+# local-experimental EtherType, so the kernel does not read the request as an IPv4 header
+
+
+class KernelLoadError(Exception):
+    """The kernel refused a program (verifier, or bcc's compiler). The message is short and says why."""
+
+
+def _bcc():
+    try:
+        import bcc
+        from bcc.libbcc import lib
+    except ImportError as exc:  # pragma: no cover - setup.sh installs python3-bpfcc
+        raise KernelLoadError("bcc does not import: run scripts/setup.sh (python3-bpfcc, .venv with "
+                              "--system-site-packages)") from exc
+    return bcc, lib
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    name: str
+    verified_insns: int
+    xlated_insns: int
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """libbcc prints clang diagnostics and verifier logs to fd 2; we report them ourselves. Yields a
+    list that holds the captured text once the block ends."""
+    captured: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _compiles_in_a_child(source: str, what: str) -> None:
+    """LLVM ends the process on some errors (the 512-byte BPF stack, for one) instead of returning
+    one, so the C is compiled once in a forked child first; a death there becomes KernelLoadError."""
+    bcc, _ = _bcc()
+    with tempfile.TemporaryFile() as sink:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                bcc.BPF(text=source, cflags=_CFLAGS)
+            except BaseException:
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) == 0:
+            return
+        sink.seek(0)
+        lines = sink.read().decode(errors="replace").splitlines()
+        errors = [line.strip() for line in lines if "error" in line.lower()][:4]
+        raise KernelLoadError(f"{what}: the generated C does not compile: " + (" | ".join(errors) or "clang failed")
+                              + " (`l7fp compile --print-c` shows the C)")
+
+
+_CFLAGS = ["-Wno-unused-label", "-Wno-unused-function"]
+
+
+def compile_source(source: str, what: str):
+    """A bcc.BPF module for C text (nothing is loaded into the kernel yet)."""
+    bcc, _ = _bcc()
+    _compiles_in_a_child(source, what)
+    try:
+        with _captured_stderr() as diagnostics:
+            return bcc.BPF(text=source, cflags=_CFLAGS)
+    except Exception as exc:
+        errors = [line for line in "".join(diagnostics).splitlines() if "error:" in line][:5]
+        raise KernelLoadError(f"{what}: the generated C does not compile: " + (" | ".join(errors) or str(exc))
+                              + " (`l7fp compile --print-c` shows the C)") from exc
+
+
+def load_function(module, name: str, prog_type: int):
+    """Load one function of a module through the verifier; the verifier's log is kept short."""
+    bcc, lib = _bcc()
+    fname = name.encode()
+    start = lib.bpf_function_start(module.module, fname)
+    if not start:
+        raise KernelLoadError(f"no function {name} in the generated C")
+    fd = _load(lib, module, fname, start, prog_type, 0, None, 0)
+    if fd < 0:
+        # Load again with the verifier's log only to say why: the log of a large program is
+        # megabytes; with the kernel's rotating log the buffer keeps its last lines.
+        size = 1 << 22
+        log = ct.create_string_buffer(size)
+        errno = ct.get_errno()
+        _load(lib, module, fname, start, prog_type, 1, log, size)
+        lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
+        processed = next((line for line in reversed(lines) if line.startswith("processed ")), "")
+        reason = [line for line in lines if not line.startswith("processed ")][-2:]
+        raise KernelLoadError(f"the kernel verifier rejected {name} ({os.strerror(errno) if errno else 'error'}): "
+                              + " | ".join(reason) + (f" [{processed}]" if processed else ""))
+    function = bcc.BPF.Function(module, fname, fd)
+    module.funcs[fname] = function
+    return function
+
+
+def _load(lib, module, fname: bytes, start, prog_type: int, log_level: int, log, size: int) -> int:
+    with _captured_stderr():
+        return lib.bcc_func_load(module.module, prog_type, fname, start, lib.bpf_function_size(module.module, fname),
+                                 lib.bpf_module_license(module.module), lib.bpf_module_kern_version(module.module),
+                                 log_level, log, size, None, -1)
+
+
+def program_stats(name: str, fd: int) -> ProgramStats:
+    _, lib = _bcc()
+    lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    info = ct.create_string_buffer(_PROG_INFO_SIZE)
+    length = ct.c_uint32(_PROG_INFO_SIZE)
+    if lib.bpf_obj_get_info_by_fd(fd, info, ct.byref(length)) < 0:
+        raise OSError(ct.get_errno(), "bpf_obj_get_info_by_fd")
+
+    def u32(offset: int) -> int:
+        return int.from_bytes(info.raw[offset:offset + 4], "little")
+
+    return ProgramStats(name, u32(_OFF_VERIFIED_INSNS), u32(_OFF_XLATED_LEN) // 8)
+
+
+def fill_tables(module, program: KernelProgram) -> None:
+    """Write the scanner tables, character sets and verdict words into the tables map."""
+    table = module["tables"]
+    value = table.Leaf()
+    for i, word in enumerate(program.transitions):
+        value.trans[i] = word
+    for i, cls in enumerate(program.classes):
+        value.cls[i] = cls
+    for i, chars in enumerate(program.sets):
+        bits = bytearray(32)
+        for ch in chars:
+            bits[ch >> 3] |= 1 << (ch & 7)
+        for j, byte in enumerate(bits):
+            value.sets[i * 32 + j] = byte
+    for v in program.verdicts:
+        value.verdict[v.code] = program.verdict_word(v)
+    table[ct.c_int(0)] = value
+
+
+class TestRunner:
+    """Runs a loaded SOCKET_FILTER program on raw bytes with BPF_PROG_TEST_RUN; returns its u32."""
+
+    def __init__(self, fd: int, capacity: int = 8192):
+        _, lib = _bcc()
+
+        class Opts(ct.Structure):  # libbpf's struct bpf_test_run_opts
+            _fields_ = [("sz", ct.c_size_t), ("data_in", ct.c_void_p), ("data_out", ct.c_void_p),
+                        ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
+                        ("ctx_in", ct.c_void_p), ("ctx_out", ct.c_void_p),
+                        ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
+                        ("retval", ct.c_uint32), ("repeat", ct.c_int), ("duration", ct.c_uint32),
+                        ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32)]
+
+        self._run = lib.bpf_prog_test_run_opts
+        self._run.argtypes = [ct.c_int, ct.POINTER(Opts)]
+        self._run.restype = ct.c_int
+        self.fd, self.capacity = fd, capacity
+        self.buffer = ct.create_string_buffer(capacity + len(ETH_HEADER))
+        self.buffer[:len(ETH_HEADER)] = ETH_HEADER
+        self.opts = Opts(sz=ct.sizeof(Opts), data_in=ct.cast(self.buffer, ct.c_void_p), repeat=1)
+
+    def __call__(self, payload: bytes) -> int:
+        if not payload or len(payload) > self.capacity:
+            raise ValueError(f"test-run payload of {len(payload)} bytes (1..{self.capacity})")
+        ct.memmove(ct.addressof(self.buffer) + len(ETH_HEADER), payload, len(payload))
+        self.opts.data_size_in = len(ETH_HEADER) + len(payload)
+        self.opts.data_size_out = 0  # the kernel writes the output size back; a stale one means ENOSPC
+        error = self._run(self.fd, ct.byref(self.opts))
+        if error < 0:
+            raise OSError(-error, f"BPF_PROG_TEST_RUN failed: {os.strerror(-error)}")
+        return self.opts.retval
