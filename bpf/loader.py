@@ -169,27 +169,28 @@ def fill_tables(module, program: KernelProgram) -> None:
     table[ct.c_int(0)] = value
 
 
+class _TestRunOpts(ct.Structure):  # libbpf's struct bpf_test_run_opts (one class: ctypes checks identity)
+    _fields_ = [("sz", ct.c_size_t), ("data_in", ct.c_void_p), ("data_out", ct.c_void_p),
+                ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
+                ("ctx_in", ct.c_void_p), ("ctx_out", ct.c_void_p),
+                ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
+                ("retval", ct.c_uint32), ("repeat", ct.c_int), ("duration", ct.c_uint32),
+                ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32)]
+
+
 class TestRunner:
     """Runs a loaded SOCKET_FILTER program on raw bytes with BPF_PROG_TEST_RUN; returns its u32."""
 
     def __init__(self, fd: int, capacity: int = 8192):
         _, lib = _bcc()
 
-        class Opts(ct.Structure):  # libbpf's struct bpf_test_run_opts
-            _fields_ = [("sz", ct.c_size_t), ("data_in", ct.c_void_p), ("data_out", ct.c_void_p),
-                        ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
-                        ("ctx_in", ct.c_void_p), ("ctx_out", ct.c_void_p),
-                        ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
-                        ("retval", ct.c_uint32), ("repeat", ct.c_int), ("duration", ct.c_uint32),
-                        ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32)]
-
         self._run = lib.bpf_prog_test_run_opts
-        self._run.argtypes = [ct.c_int, ct.POINTER(Opts)]
+        self._run.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
         self._run.restype = ct.c_int
         self.fd, self.capacity = fd, capacity
         self.buffer = ct.create_string_buffer(capacity + len(ETH_HEADER))
         self.buffer[:len(ETH_HEADER)] = ETH_HEADER
-        self.opts = Opts(sz=ct.sizeof(Opts), data_in=ct.cast(self.buffer, ct.c_void_p), repeat=1)
+        self.opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), data_in=ct.cast(self.buffer, ct.c_void_p), repeat=1)
 
     def __call__(self, payload: bytes) -> int:
         if not payload or len(payload) > self.capacity:
