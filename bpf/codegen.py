@@ -265,6 +265,11 @@ def _pow2(n: int, at_least: int = 1) -> int:
     return p
 
 
+def _comment(text: str) -> str:
+    """A C comment of policy text, which may itself hold '*/'."""
+    return "/* " + text.replace("*/", "* /") + " */"
+
+
 def _c_byte(ch: str) -> int | None:
     code = ord(ch)
     return code if code <= 0xFF else None
@@ -309,7 +314,7 @@ class _Emitter:
         base, ci = op.removesuffix("_ci"), op.endswith("_ci")
         codes = [_c_byte(ch) for ch in operand]
         size = len(codes)
-        lines = [f"/* {op} {operand!r} */",
+        lines = [_comment(f"{op} {operand!r}"),
                  f"static __always_inline u64 {name}(const struct conn *c, u64 off, u64 len)", "{"]
         if any(code is None for code in codes):
             lines += ["    return 0; /* the operand has a character no byte can be */", "}"]
@@ -374,12 +379,12 @@ class _Emitter:
         for n in order:
             item = dag.node(n)
             if isinstance(item, Leaf):
-                lines.append(f"n{n}: /* {item.describe()} */")
+                lines.append(f"n{n}: {_comment(item.describe())}")
                 lines.append(f"    return {codes[n]};")
                 continue
             yes, no = branches(dag.graph, n)
             expression = self.test_expression(item)
-            lines.append(f"n{n}: /* {item.describe()[:100].replace('*/', '* /')} */")
+            lines.append(f"n{n}: {_comment(item.describe()[:100])}")
             lines.append(f"    r = {expression};")
             if item.op in ("chars_in", "contains", "contains_ci"):
                 lines.append("    if (r >> 1)")

@@ -141,3 +141,16 @@ def test_verifier_budget_is_recorded_and_far_from_the_limit():
     h = harness("01_rbac_allow.yaml")
     for stats in h.budget():
         assert 0 < stats.verified_insns < 1_000_000, stats
+
+
+def test_policy_text_cannot_end_a_c_comment():
+    """An operand holding '*/' (a legal path prefix) once closed the comment the C writes before its
+    test and broke compilation; it must load and decide like the DAG."""
+    from ..proofs.policies import policy as build, rbac, route, url_path
+
+    pol = build(route("prefix", "/"), filters=(rbac("ALLOW", star=url_path("prefix", "/a*/b")),))
+    h = KernelHarness(generate(compile_policy(pol), pol.hcm))
+    raw = b"GET /a*/b/c HTTP/1.1\r\nhost: x\r\n\r\n"
+    fields = from_request(Request(raw))
+    assert h.verdict(raw) == h.expected(fields)
+    assert h.verdict(raw).kind == "forward"
