@@ -12,10 +12,9 @@ import networkx as nx
 import yaml
 
 from ..semantics import ir
-from ..semantics.to_envoy import bootstrap
 from ..synth.dag import Leaf
 from .codegen import PARSER_VERDICTS, KernelProgram
-from .dataplane import _PROXY_PROTOCOL
+from .dataplane import slow_path_config
 
 
 def _graph_for_export(program: KernelProgram) -> nx.DiGraph:
@@ -71,8 +70,6 @@ def write_artifacts(policy: ir.Policy, program: KernelProgram, directory: str) -
     _picture(graph, program.dag.root, out / "dag.png")
     for entry in ("sk_skb", "test_run"):
         (out / f"{entry}.c").write_text(program.source(entry))
-    envoy = bootstrap(policy, listener=("127.0.0.1", 15001))
-    envoy["static_resources"]["listeners"][0]["listener_filters"] = [_PROXY_PROTOCOL]
-    (out / "envoy.yaml").write_text(yaml.safe_dump(envoy, sort_keys=False))
+    (out / "envoy.yaml").write_text(yaml.safe_dump(slow_path_config(policy, 15001), sort_keys=False))
     (out / "report.json").write_text(json.dumps(report(program), indent=2))
     return ["dag.graphml", "dag.png", "sk_skb.c", "test_run.c", "envoy.yaml", "report.json"]

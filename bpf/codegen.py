@@ -243,6 +243,7 @@ class KernelProgram:
     sets: list[frozenset[int]]
     classes: list[int]
     transitions: list[int]
+    underscores_in_names: bool  # the scanner's table accepts '_' in header names
     constants: dict[str, int] = field(default_factory=dict)
     decision_c: str = ""
 
@@ -438,7 +439,7 @@ def generate(dag: Dag, hcm) -> KernelProgram:
     dag_c = emitter.decision(codes)
     slot_c = emitter.slot_of()
     bounds = dag.bounds
-    underscores = getattr(hcm, "headers_with_underscores_action", "ALLOW") == "ALLOW"
+    underscores = hcm.headers_with_underscores_action == "ALLOW"
     classes, transitions = scanner_tables(underscores)
     window = bounds.window
     constants = {
@@ -451,6 +452,6 @@ def generate(dag: Dag, hcm) -> KernelProgram:
         "KIND_FORWARD": KIND_FORWARD, "KIND_REPLY": KIND_REPLY, "KIND_PUNT": KIND_PUNT,
     }
     program = KernelProgram(kernel, lowered, verdicts, slots, clusters, emitter.sets, classes,
-                            transitions, constants)
+                            transitions, underscores, constants)
     program.decision_c = "\n".join([slot_c, *emitter.body, dag_c])
     return program

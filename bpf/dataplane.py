@@ -19,8 +19,8 @@ Admin endpoint (`/stats?format=json`): `fast_path` (requests decided in kernel),
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
-import ipaddress
 import json
 import os
 import selectors
@@ -40,12 +40,11 @@ from ..proofs.envoy_oracle import checked_envoy_binary, free_port
 from ..semantics import ir, wire
 from ..semantics.to_envoy import bootstrap
 from .codegen import PARSER_VERDICTS, KernelProgram
-from .loader import ProgramStats, compile_source, fill_tables, load_function, program_stats
+from .loader import connection_state, load_program
 
 BPF_PROG_TYPE_SK_SKB = 14
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
-PROGRAMS = ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")
 MODE_PUNTED = 1
 _PROXY_PROTOCOL = {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}
@@ -63,13 +62,20 @@ class _SockKey(ct.Structure):
     _fields_ = [("cookie", ct.c_uint64), ("slot", ct.c_uint32), ("pad", ct.c_uint32)]
 
 
+def slow_path_config(policy: ir.Policy, port: int, endpoints: dict[str, tuple[str, int]] | None = None) -> dict:
+    """The Envoy bootstrap of the slow path: the policy (from the IR) on 127.0.0.1:port, taking the
+    client's addresses from a PROXY protocol header."""
+    config = bootstrap(policy, listener=("127.0.0.1", port), endpoints=endpoints)
+    config["static_resources"]["listeners"][0]["listener_filters"] = [_PROXY_PROTOCOL]
+    return config
+
+
 class SlowPath:
-    """The supervised Envoy: the same policy (from the IR) on an internal port, PROXY protocol in."""
+    """The supervised Envoy running `slow_path_config` on an internal port."""
 
     def __init__(self, policy: ir.Policy, endpoints: dict[str, tuple[str, int]]):
         self.port = free_port()
-        config = bootstrap(policy, listener=("127.0.0.1", self.port), endpoints=endpoints)
-        config["static_resources"]["listeners"][0]["listener_filters"] = [_PROXY_PROTOCOL]
+        config = slow_path_config(policy, self.port, endpoints)
         self.admin_port = free_port()
         config["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}
         self.dir = tempfile.mkdtemp(prefix="l7fp-run-")
@@ -126,48 +132,69 @@ class _Connection:
     upstreams: list[socket.socket] = field(default_factory=list)
     envoy: socket.socket | None = None  # set once the connection is punted
 
+    def sockets(self) -> list[socket.socket]:
+        return [self.client, *self.upstreams, *([self.envoy] if self.envoy else [])]
+
+
+def _received(sock: socket.socket):
+    """The chunks readable now; a last b"" when the peer has closed or the socket failed."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        yield data
+        if not data:
+            return
+
 
 class DataPlane:
     """Load the kernel program, listen, and serve until `stop()`."""
 
     def __init__(self, policy: ir.Policy, program: KernelProgram, listen: tuple[str, int],
                  admin: tuple[str, int] | None, endpoints: dict[str, tuple[str, int]]):
-        self.policy, self.program, self.listen_address = policy, program, listen
+        self.policy, self.program = policy, program
         missing = [c for c in program.clusters[1:] if c not in endpoints]
         if missing:
             raise DataPlaneError(f"no address for cluster(s) {', '.join(missing)}: give --cluster NAME=HOST:PORT")
         self.endpoints = endpoints
-        self.module = compile_source(program.source("sk_skb"), "data plane")
-        functions = [load_function(self.module, name, BPF_PROG_TYPE_SK_SKB) for name in PROGRAMS]
-        self.stats: list[ProgramStats] = [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
-        for index, function in enumerate(functions[1:]):
-            self.module["progs"][ct.c_int(index)] = ct.c_int(function.fd)
-        fill_tables(self.module, program)
-        from bcc.libbcc import lib
-
-        self._lib = lib
-        self._sockets_fd = lib.bpf_table_fd(self.module.module, b"sockets")
-        self._entry = functions[0]
-        if lib.bpf_prog_attach(self._entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT, 0) < 0:
-            raise DataPlaneError(f"cannot attach the sk_skb verdict program: {os.strerror(ct.get_errno())}")
+        loaded = load_program(program, "sk_skb", BPF_PROG_TYPE_SK_SKB, "data plane")
+        self.module, self.stats = loaded.module, loaded.stats
         self._conns, self._acks, self._peers = self.module["conns"], self.module["acks"], self.module["peers"]
         self._counts = self.module["counts"]
         self.agent_punts: dict[str, int] = {}
         self.connections = 0
-        self.slow = SlowPath(policy, endpoints)
+        self._by_fd: dict[int, _Connection] = {}
+        self._stopping = threading.Event()
+        # From here on every step has something for close() to undo.
+        self._entry = self.slow = self.listener = self.admin = None
+        try:
+            self._start(loaded.entry, listen, admin)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, entry, listen: tuple[str, int], admin: tuple[str, int] | None) -> None:
+        from bcc.libbcc import lib
+
+        self._lib = lib
+        self._sockets_fd = lib.bpf_table_fd(self.module.module, b"sockets")
+        if lib.bpf_prog_attach(entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT, 0) < 0:
+            raise DataPlaneError(f"cannot attach the sk_skb verdict program: {os.strerror(ct.get_errno())}")
+        self._entry = entry
+        self.slow = SlowPath(self.policy, self.endpoints)
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.listener.bind(listen)
         except OSError as exc:
-            self.close()
             raise DataPlaneError(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}") from exc
         self.listener.listen(512)
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
-        self._by_fd: dict[int, _Connection] = {}
-        self._stopping = threading.Event()
         self.admin = _AdminServer(admin, self) if admin else None
 
     # ---- map plumbing -------------------------------------------------------------------------
@@ -195,9 +222,6 @@ class DataPlane:
         # Envoy is still told the request came to that port, so destination_port means the same.
         local = (client.getsockname()[0], self.policy.listener[1])
         cookie = _cookie(client)
-        state = self._conns.Leaf()
-        state.src_ip = int(ipaddress.IPv4Address(peer[0]))
-        state.dst_ip = int(ipaddress.IPv4Address(local[0]))
         conn = _Connection(client, cookie, peer, local)
         for slot, cluster in enumerate(self.program.clusters[1:], start=1):
             upstream = socket.create_connection(self.endpoints[cluster], timeout=5)
@@ -209,7 +233,7 @@ class DataPlane:
             self._peers[ct.c_uint64(_cookie(upstream))] = back
             self._insert(upstream, cookie, slot)
             self.selector.register(upstream, selectors.EVENT_READ, ("upstream", conn))
-        self._conns[ct.c_uint64(cookie)] = state
+        self._conns[ct.c_uint64(cookie)] = connection_state(self._conns, peer[0], local[0])
         client.setblocking(False)
         self._insert(client, cookie, 0)
         self._by_fd[client.fileno()] = conn
@@ -218,13 +242,7 @@ class DataPlane:
         self._on_client(conn)
 
     def _on_client(self, conn: _Connection) -> None:
-        while True:
-            try:
-                data = conn.client.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
+        for data in _received(conn.client):
             if not data:
                 self._close(conn)
                 return
@@ -273,13 +291,7 @@ class DataPlane:
         conn.envoy.sendall(data)
 
     def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
+        for data in _received(sock):
             if not data:
                 self._close(conn)
                 return
@@ -292,7 +304,7 @@ class DataPlane:
     def _close(self, conn: _Connection) -> None:
         if self._by_fd.pop(conn.client.fileno(), None) is None:
             return
-        for sock in [conn.client, *conn.upstreams, *([conn.envoy] if conn.envoy else [])]:
+        for sock in conn.sockets():
             try:
                 self.selector.unregister(sock)
             except (KeyError, ValueError):
@@ -307,7 +319,7 @@ class DataPlane:
                 del table[ct.c_uint64(conn.cookie)]
             except KeyError:
                 pass
-        for sock in [conn.client, *conn.upstreams, *([conn.envoy] if conn.envoy else [])]:
+        for sock in conn.sockets():
             sock.close()
 
     # ---- loop ---------------------------------------------------------------------------------
@@ -325,18 +337,30 @@ class DataPlane:
     def stop(self) -> None:
         self._stopping.set()
 
+    @contextlib.contextmanager
+    def serving(self):
+        """Serve on a background thread for the length of a `with` block, then shut down (tests, demo)."""
+        thread = threading.Thread(target=self.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(5)
+            self.close()
+
     def close(self) -> None:
         """Detach the program, close every socket, stop Envoy and the admin server."""
         for conn in list(self._by_fd.values()):
             self._close(conn)
-        if getattr(self, "admin", None):
+        if self.admin:
             self.admin.close()
-        if getattr(self, "listener", None):
+        if self.listener:
             self.listener.close()
-        if getattr(self, "_entry", None):
+        if self._entry:
             self._lib.bpf_prog_detach2(self._entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT)
             self._entry = None
-        if getattr(self, "slow", None):
+        if self.slow:
             self.slow.close()
         self.module.cleanup()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ _PROG_INFO_SIZE = 232  # sizeof(struct bpf_prog_info) in the 6.x uapi
 _OFF_XLATED_LEN, _OFF_VERIFIED_INSNS = 20, 216
 ETH_HEADER = b"\x00" * 12 + b"\x88\xb5"  # BPF_PROG_TEST_RUN pulls 14 bytes before a socket filter runs; a
 # local-experimental EtherType, so the kernel does not read the request as an IPv4 header
+
+
+# Measured: BPF_PROG_TEST_RUN takes at most 3712 bytes of data (a page less the skb's overheads),
+# 14 of them the Ethernet header.
+MAX_TEST_RUN_PAYLOAD = 3712 - len(ETH_HEADER)
 
 
 class KernelLoadError(Exception):
@@ -82,10 +88,13 @@ def _compiles_in_a_child(source: str, what: str) -> None:
         if os.waitstatus_to_exitcode(status) == 0:
             return
         sink.seek(0)
-        lines = sink.read().decode(errors="replace").splitlines()
-        errors = [line.strip() for line in lines if "error" in line.lower()][:4]
-        raise KernelLoadError(f"{what}: the generated C does not compile: " + (" | ".join(errors) or "clang failed")
-                              + " (`l7fp compile --print-c` shows the C)")
+        raise _compile_failure(what, sink.read().decode(errors="replace"))
+
+
+def _compile_failure(what: str, diagnostics: str) -> KernelLoadError:
+    errors = [line.strip() for line in diagnostics.splitlines() if "error" in line.lower()][:4]
+    return KernelLoadError(f"{what}: the generated C does not compile: " + (" | ".join(errors) or "clang failed")
+                           + " (`l7fp compile --print-c` shows the C)")
 
 
 _CFLAGS = ["-Wno-unused-label", "-Wno-unused-function"]
@@ -99,9 +108,7 @@ def compile_source(source: str, what: str):
         with _captured_stderr() as diagnostics:
             return bcc.BPF(text=source, cflags=_CFLAGS)
     except Exception as exc:
-        errors = [line for line in "".join(diagnostics).splitlines() if "error:" in line][:5]
-        raise KernelLoadError(f"{what}: the generated C does not compile: " + (" | ".join(errors) or str(exc))
-                              + " (`l7fp compile --print-c` shows the C)") from exc
+        raise _compile_failure(what, "".join(diagnostics) or str(exc)) from exc
 
 
 def load_function(module, name: str, prog_type: int):
@@ -169,6 +176,36 @@ def fill_tables(module, program: KernelProgram) -> None:
     table[ct.c_int(0)] = value
 
 
+# The kernel program is three programs joined by tail calls (each has its own verifier budget and
+# 512-byte stack): scan the header block, frame the request, run the DAG. Both entries name them so.
+PROGRAMS = ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")
+
+
+@dataclass
+class Loaded:
+    module: object  # the bcc.BPF module (its maps by name)
+    entry: object  # the first program's bcc Function (attach it, or test-run it)
+    stats: list[ProgramStats]
+
+
+def load_program(program: KernelProgram, entry: str, prog_type: int, what: str) -> Loaded:
+    """Compile one entry of `program`, load its three programs, chain them and fill the tables."""
+    module = compile_source(program.source(entry), what)
+    functions = [load_function(module, name, prog_type) for name in PROGRAMS]
+    for index, function in enumerate(functions[1:]):
+        module["progs"][ct.c_int(index)] = ct.c_int(function.fd)
+    fill_tables(module, program)
+    return Loaded(module, functions[0], [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)])
+
+
+def connection_state(conns, source: str, destination: str):
+    """A fresh `struct conn` for the `conns` map: the connection's IPv4 addresses, host byte order."""
+    state = conns.Leaf()
+    state.src_ip = int(ipaddress.IPv4Address(source))
+    state.dst_ip = int(ipaddress.IPv4Address(destination))
+    return state
+
+
 class _TestRunOpts(ct.Structure):  # libbpf's struct bpf_test_run_opts (one class: ctypes checks identity)
     _fields_ = [("sz", ct.c_size_t), ("data_in", ct.c_void_p), ("data_out", ct.c_void_p),
                 ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
@@ -181,7 +218,7 @@ class _TestRunOpts(ct.Structure):  # libbpf's struct bpf_test_run_opts (one clas
 class TestRunner:
     """Runs a loaded SOCKET_FILTER program on raw bytes with BPF_PROG_TEST_RUN; returns its u32."""
 
-    def __init__(self, fd: int, capacity: int = 8192):
+    def __init__(self, fd: int, capacity: int = MAX_TEST_RUN_PAYLOAD):
         _, lib = _bcc()
 
         self._run = lib.bpf_prog_test_run_opts

@@ -198,21 +198,16 @@ def cmd_diff(args, out: Console) -> int:
     return {"equivalent": EXIT_OK, "different": EXIT_DIFFERENT}.get(result.verdict, EXIT_UNKNOWN)
 
 
-def _kernel_program(policy):
-    from l7fp.bpf.codegen import generate
-    from l7fp.synth.compile import compile_policy
-
-    return generate(compile_policy(policy), policy.hcm)
-
-
 def cmd_compile(args, out: Console) -> int:
     from l7fp.bpf.artifacts import write_artifacts
+    from l7fp.bpf.codegen import generate
     from l7fp.semantics.frontends import load_policy
+    from l7fp.synth.compile import compile_policy
 
     if not args.output and not args.print_c:
         raise UsageError("give --output DIR, --print-c, or both")
     policy = load_policy(args.configs, listener=args.listener)
-    program = _kernel_program(policy)
+    program = generate(compile_policy(policy), policy.hcm)
     if args.print_c:
         print(program.source("sk_skb"))
     if args.output:
@@ -222,6 +217,7 @@ def cmd_compile(args, out: Console) -> int:
 
 
 def cmd_run(args, out: Console) -> int:
+    from l7fp.bpf.codegen import generate
     from l7fp.bpf.dataplane import DataPlane, DataPlaneError, endpoints_of, run_until_signal
     from l7fp.bpf.loader import KernelLoadError
     from l7fp.proofs.refinement import Budget, verify
@@ -242,8 +238,8 @@ def cmd_run(args, out: Console) -> int:
                   "`l7fp verify` shows why.", highlight=False)
         return EXIT_DIFFERENT if result.verdict == "counterexample" else EXIT_UNKNOWN
     listen = _address(args.listen) if args.listen else policy.listener
-    try:
-        plane = DataPlane(policy, _kernel_program(policy), listen, _address(args.admin),
+    try:  # the very DAG the proof was about
+        plane = DataPlane(policy, generate(result.dag, policy.hcm), listen, _address(args.admin),
                           endpoints_of(policy, overrides))
     except (DataPlaneError, KernelLoadError) as exc:
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)

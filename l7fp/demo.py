@@ -16,8 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from l7fp import ENVOY_VERSION
-import threading
-
 from l7fp.bpf.codegen import generate
 from l7fp.bpf.dataplane import DataPlane
 from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port, outcome_of, send_raw
@@ -25,7 +23,6 @@ from l7fp.proofs.refinement import verify
 from l7fp.semantics.frontends import load_policy
 from l7fp.semantics.interpreter import interpret
 from l7fp.semantics.request import Outcome, Request
-from l7fp.synth.compile import compile_policy
 
 
 def _describe(outcome: Outcome) -> str:
@@ -40,7 +37,6 @@ def main(argv: list[str]) -> int:
     console = Console()
     config = example / "envoy.yaml"
     policy = load_policy([str(config)])
-    dag = compile_policy(policy)
     console.print(f"[bold]L7FP demo[/bold] on {config}: {len(policy.filters)} HTTP filters, "
                   f"{sum(len(v.routes) for v in policy.routes.virtual_hosts)} routes")
     with console.status("synthesizing the kernel DAG and proving it against Envoy's semantics…"):
@@ -61,10 +57,9 @@ def main(argv: list[str]) -> int:
         endpoints = {name: ("127.0.0.1", backend.port) for name, backend in envoy.backends.items()}
         address = ("127.0.0.1", free_port())
         with console.status("loading the kernel program (bcc compiles it, the verifier checks it)…"):
-            plane = DataPlane(policy, generate(dag, policy.hcm), address, None, endpoints)
-        server = threading.Thread(target=plane.serve_forever, daemon=True)
-        server.start()
-        try:
+            # the very DAG the proof was about
+            plane = DataPlane(policy, generate(proof.dag, policy.hcm), address, None, endpoints)
+        with plane.serving():
             for path in sorted((example / "requests").glob("*.http")):
                 request = Request.from_file(str(path))
                 before = plane.counters()
@@ -79,11 +74,7 @@ def main(argv: list[str]) -> int:
                           "punt: " + ", ".join(new_punts) if new_punts else "punt")
                 table.add_row(path.name, _describe(predicted), kernel, _describe(got), _describe(observed),
                               "[green]yes[/green]" if same else "[red]NO[/red]")
-        finally:
-            plane.stop()
-            server.join(5)
             counters = plane.counters()
-            plane.close()
     console.print(table)
     console.print(f"kernel counters: {counters['fast_path']} decided in kernel "
                   f"({counters['forwarded_in_kernel']} forwarded, {counters['local_replies_in_kernel']} local replies), "
@@ -91,7 +82,7 @@ def main(argv: list[str]) -> int:
                   + ", ".join(f"{p['name']} {p['verified_insns']} insns" for p in counters["programs"]))
     console.print("[green]every answer equals Envoy's[/green]" if not disagreements
                   else f"[red]{disagreements} disagreement(s)[/red]")
-    return 1 if disagreements or proof.verdict != "proven" else 0
+    return 1 if disagreements else 0
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ empty-bodied 403 and closes) and `Expect: 100-continue` (Envoy first writes `HTT
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from email.utils import formatdate
 
 # Reason phrases Envoy 1.40 writes for status codes 200..599 (measured: a direct_response for every
 # code). Codes not listed are written with the reason "Unknown" (418 and 306 among them).
@@ -55,14 +55,7 @@ REASON_PHRASES: dict[int, str] = {
     511: "Network Authentication Required", 599: "Last Unassigned Server Error Code",
 }
 
-# Bodies of the local replies the fast path sends (content-type text/plain in every case).
-RBAC_DENIED_BODY = "RBAC: access denied"      # 403
-FAULT_ABORT_BODY = "fault filter abort"       # the configured abort status
-NO_ROUTE_STATUS = 404                          # empty body
 _NO_BODY_FRAMING = frozenset({204, 304})       # an empty body gets no content-length / transfer-encoding
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def reason_phrase(status: int) -> str:
@@ -71,9 +64,7 @@ def reason_phrase(status: int) -> str:
 
 def http_date(t: float) -> str:
     """IMF-fixdate (RFC 9110 5.6.7) of POSIX time t, as Envoy's `date` header: whole seconds."""
-    g = time.gmtime(int(t))
-    return (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d} "
-            f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} GMT")
+    return formatdate(int(t), usegmt=True)
 
 
 def direct_response_location(status: int, scheme: str, authority: str, target: str) -> str | None:

@@ -185,17 +185,20 @@ def render_template(template: Template, request: FieldRequest) -> str:
     return "".join(out)
 
 
+def reach(dag: Dag, request: FieldRequest) -> int:
+    """The leaf node the request reaches."""
+    n = dag.root
+    while isinstance(item := dag.node(n), Test):
+        yes, no = dag.children(n)
+        n = yes if test_holds(item, field_value(request, item.field)) else no
+    return n
+
+
 def evaluate(dag: Dag, request: FieldRequest) -> tuple[Leaf, object]:
     """(the leaf reached, the Outcome it gives or None for PUNT)."""
     from ..semantics.request import Outcome
 
-    n = dag.root
-    while True:
-        item = dag.node(n)
-        if isinstance(item, Leaf):
-            break
-        yes, no = dag.children(n)
-        n = yes if test_holds(item, field_value(request, item.field)) else no
+    item = dag.node(reach(dag, request))
     if item.action == "punt":
         return item, None
     if item.action == "forward":

@@ -19,7 +19,7 @@
  *    the generated decision code reads.
  */
 
-/* Scanner states (bpf/codegen.py mirrors these numbers in `ScannerState`). */
+/* Scanner states (bpf/codegen.py mirrors these numbers in `S`). */
 #define S_METHOD 0
 #define S_PATH 1
 #define S_QUERY 2
@@ -237,11 +237,10 @@ static __always_inline u32 l7fp_frame(struct conn *c, const struct tables *t, u6
     return V_OK;
 }
 
-/* The decision code's tests are branch-free on the data: a test computes 0 or 1 (plus T_BEYOND
- * when a field is longer than the loop bound) with arithmetic, and only its result is branched on.
- * A compare on a length would make the verifier remember a different range for it on each path,
- * and no two paths through the DAG would ever prune against each other. */
-#define T_BEYOND 2
+/* The decision code's tests are branch-free on the data: a test computes 0 or 1 (plus 2 when a
+ * field is longer than the loop bound, so the decision punts) with arithmetic, and only its result
+ * is branched on. A compare on a length would make the verifier remember a different range for it
+ * on each path, and no two paths through the DAG would ever prune against each other. */
 /* An empty asm hides a value from clang, which would otherwise turn the arithmetic below back into
  * compares and branches (BPF has no setcc). */
 static __always_inline u64 l7fp_hide(u64 x)

@@ -50,11 +50,18 @@ static __always_inline struct tables *l7fp_tables(void)
     return tables.lookup(&zero);
 }
 
+/* The state of this skb's connection (NULL: not one the agent adopted), and its cookie. */
+static __always_inline struct conn *l7fp_conn(struct __sk_buff *skb, u64 *cookie)
+{
+    *cookie = l7fp_cookie(skb);
+    return conns.lookup(cookie);
+}
+
 int l7fp_entry(struct __sk_buff *skb)
 {
     u64 cookie = l7fp_cookie(skb);
     struct sock_key *peer = peers.lookup(&cookie);
-    if (peer) {
+    if (peer) { /* a response: straight back to the client, before any other lookup */
         struct sock_key back = *peer;
         return sockets.sk_redirect_hash(skb, &back, 0);
     }
@@ -98,8 +105,8 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
 
 int l7fp_frame_request(struct __sk_buff *skb)
 {
-    u64 cookie = l7fp_cookie(skb);
-    struct conn *c = conns.lookup(&cookie);
+    u64 cookie;
+    struct conn *c = l7fp_conn(skb, &cookie);
     struct tables *t = l7fp_tables();
     if (!c || !t)
         return SK_PASS;
@@ -112,8 +119,8 @@ int l7fp_frame_request(struct __sk_buff *skb)
 
 int l7fp_decide(struct __sk_buff *skb)
 {
-    u64 cookie = l7fp_cookie(skb);
-    struct conn *c = conns.lookup(&cookie);
+    u64 cookie;
+    struct conn *c = l7fp_conn(skb, &cookie);
     struct tables *t = l7fp_tables();
     if (!c || !t)
         return SK_PASS;

@@ -19,7 +19,8 @@ import pytest
 from l7fp.proofs import envoy_oracle
 from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port
 from l7fp.semantics import wire
-from l7fp.semantics.wire import (FAULT_ABORT_BODY, RBAC_DENIED_BODY, closes_connection,
+from l7fp.semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY
+from l7fp.semantics.wire import (closes_connection,
                                  direct_response_location, forwarded_request, forwarded_response_head,
                                  http_date, local_reply)
 
