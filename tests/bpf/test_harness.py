@@ -146,3 +146,22 @@ def test_policy_text_cannot_end_a_c_comment():
     fields = from_request(Request(raw))
     assert h.verdict(raw) == h.expected(fields)
     assert h.verdict(raw).kind == "forward"
+
+
+def test_a_mutated_scanner_is_caught():
+    """The harness check can fail: a scanner table that ends a header line at a bare LF (a
+    request-smuggling class Envoy reads differently) lets the kernel decide bytes outside the
+    parser's contract, and `_check` must reject that; the real table punts them."""
+    from l7fp.bpf.codegen import VEND, Cls, S
+
+    pol = policy("envoy.yaml")
+    program = generate(compile_policy(pol), pol.hcm)
+    # VALUE --LF--> LINE, as HCR --LF--> does, also ending the value there (event 2: VEND)
+    program.transitions[S.VALUE << 4 | Cls.LF] = program.transitions[S.HCR << 4 | Cls.LF] | VEND << 9
+    mutant = KernelHarness(program)
+    raw = b"GET /books/1 HTTP/1.1\r\nhost: bookstore\n\r\n"
+    fields = from_request(Request(raw))
+    assert fields is not None and not _accepts(mutant, raw)
+    with pytest.raises(AssertionError, match="outside the parser's contract"):
+        _check(mutant, raw, fields, {})
+    _check(harness("envoy.yaml"), raw, fields, {})
