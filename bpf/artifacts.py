@@ -1,7 +1,8 @@
 """What `l7fp compile -o DIR` writes: the DAG (GraphML and a picture), the C bcc loads, the slow-path
 Envoy config `l7fp run` supervises, and a report of what the kernel decides and what it punts.
 
-Used by the CLI only. Nothing here loads anything into the kernel.
+Used by the CLI only. Nothing here loads anything into the kernel (`--check-load` results come in
+from loader.check_load).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..semantics import ir
 from ..synth.dag import Leaf
 from .codegen import PARSER_VERDICTS, KernelProgram
 from .dataplane import slow_path_config
+from .loader import VERIFIER_LIMIT, ProgramStats
 
 
 def _graph_for_export(program: KernelProgram) -> nx.DiGraph:
@@ -49,9 +51,11 @@ def _picture(graph: nx.DiGraph, root: int, path: Path) -> None:
     plt.close(figure)
 
 
-def report(program: KernelProgram) -> dict:
+def report(program: KernelProgram, verifier: list[ProgramStats] | None = None) -> dict:
+    """What is decided in kernel and what is punted; with `verifier` (loader.check_load), the
+    instructions the kernel's verifier processed per program."""
     leaves = [v for v in program.verdicts if v.node is not None]
-    return {
+    summary = {
         "decided_in_kernel": [{"verdict": v.kind, "rule": v.reason, "cluster": v.cluster} for v in leaves
                               if v.kind != "punt"],
         "punted": [{"reason": v.reason} for v in leaves if v.kind == "punt"],
@@ -60,9 +64,14 @@ def report(program: KernelProgram) -> dict:
         "bounds": program.dag.bounds.describe(),
         "dag": program.dag.stats(),
     }
+    if verifier is not None:
+        summary["verifier"] = {"limit": VERIFIER_LIMIT, "programs": [
+            {"name": s.name, "verified_insns": s.verified_insns, "insns": s.xlated_insns} for s in verifier]}
+    return summary
 
 
-def write_artifacts(policy: ir.Policy, program: KernelProgram, directory: str) -> list[str]:
+def write_artifacts(policy: ir.Policy, program: KernelProgram, directory: str,
+                    verifier: list[ProgramStats] | None = None) -> list[str]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     graph = _graph_for_export(program)
@@ -71,5 +80,5 @@ def write_artifacts(policy: ir.Policy, program: KernelProgram, directory: str) -
     for entry in ("sk_skb", "test_run"):
         (out / f"{entry}.c").write_text(program.source(entry))
     (out / "envoy.yaml").write_text(yaml.safe_dump(slow_path_config(policy, 15001), sort_keys=False))
-    (out / "report.json").write_text(json.dumps(report(program), indent=2))
+    (out / "report.json").write_text(json.dumps(report(program, verifier), indent=2))
     return ["dag.graphml", "dag.png", "sk_skb.c", "test_run.c", "envoy.yaml", "report.json"]

@@ -9,9 +9,10 @@ Used by bpf/loader.py (the sk_skb data plane and the test-run harness load what 
 - the hand-written parser, bpf/c/http1_parser.h;
 - one entry file per attach point: bpf/c/sk_skb.c (the data plane), bpf/c/test_run.c (the harness).
 
-Before emitting, `lower` turns every DAG node the C cannot do into a PUNT leaf (regex tests, query
-parameters, integer ranges, rewrites of the forwarded request, request-dependent Location headers),
-with the reason; PUNT is always allowed by the correctness contract, so lowering keeps the proof's
+Before emitting, `lower` turns every DAG node the C cannot do into a PUNT leaf (query parameters,
+integer ranges, rewrites of the forwarded request, request-dependent Location headers, a regex whose
+DFA is too large for the kernel's table), with the reason; regex tests run as DFAs from one table
+(bpf/regex_dfa.py); PUNT is always allowed by the correctness contract, so lowering keeps the proof's
 result, and the harness checks the C against the lowered DAG verdict for verdict.
 
 Verdict codes are indexes into `KernelProgram.verdicts`: the parser's own punts first (their order
@@ -26,6 +27,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..synth.dag import Dag, Leaf, Test, branches
+from .regex_dfa import RegexTables, RegexTooLarge
 
 C_DIR = Path(__file__).with_name("c")
 
@@ -40,7 +42,7 @@ PARSER_VERDICTS = (
     ("hop_by_hop", "Connection, Upgrade, Expect, TE or another hop-by-hop header"),
     ("pipelined", "more bytes after the request in the same segment"),
     ("not_origin_form", "request-target not in origin form"),
-    ("beyond_loop", "a field longer than the kernel's loop bound"),
+    ("beyond_loop", "a field longer than the kernel's loop bound, or a non-ASCII byte under a regex"),
     ("no_state", "connection not known to the kernel program"),
     ("no_upstream", "no upstream connection for the chosen cluster"),
     ("reply_pending", "a request arrived before the previous local reply was written"),
@@ -180,7 +182,7 @@ _IDENTITY_PATH = (("target_from", 0),)
 _IDENTITY_AUTHORITY = (("authority",),)
 
 
-def _unsupported(item) -> str | None:
+def _unsupported(item, regexes: RegexTables) -> str | None:
     if isinstance(item, Leaf):
         if item.action == "forward" and (item.path != _IDENTITY_PATH or item.authority != _IDENTITY_AUTHORITY):
             return "the forwarded request is rewritten (the kernel forwards bytes unchanged)"
@@ -191,7 +193,10 @@ def _unsupported(item) -> str | None:
     if kind in ("param", "has_param"):
         return "query parameter matcher"
     if item.op == "regex":
-        return "regex matcher"
+        try:
+            regexes.add(item.operand)
+        except RegexTooLarge as exc:
+            return f"regex {item.operand.source!r}: {exc}"
     if item.op == "int_in_range":
         return "integer range matcher"
     return None
@@ -204,13 +209,15 @@ class Lowered:
     reason: str
 
 
-def lower(dag: Dag) -> tuple[Dag, list[Lowered]]:
-    """The DAG the kernel runs: every node the C cannot do replaced by a PUNT leaf."""
+def lower(dag: Dag, regexes: RegexTables | None = None) -> tuple[Dag, list[Lowered]]:
+    """The DAG the kernel runs: every node the C cannot do replaced by a PUNT leaf. The DFAs of the
+    regex tests it keeps go into `regexes`."""
     graph = dag.graph.copy()
     lowered = []
-    for n in list(graph):
+    regexes = RegexTables() if regexes is None else regexes
+    for n in sorted(graph):  # node order decides which regexes fit the table: keep it stable
         item = graph.nodes[n]["item"]
-        reason = _unsupported(item)
+        reason = _unsupported(item, regexes)
         if reason is None:
             continue
         lowered.append(Lowered(n, item.describe(), reason))
@@ -244,6 +251,7 @@ class KernelProgram:
     classes: list[int]
     transitions: list[int]
     underscores_in_names: bool  # the scanner's table accepts '_' in header names
+    regexes: RegexTables = field(default_factory=RegexTables)
     constants: dict[str, int] = field(default_factory=dict)
     decision_c: str = ""
 
@@ -279,8 +287,8 @@ def _c_byte(ch: str) -> int | None:
 class _Emitter:
     """Writes the C of one lowered DAG."""
 
-    def __init__(self, dag: Dag, slots: list[str]):
-        self.dag, self.slots = dag, slots
+    def __init__(self, dag: Dag, slots: list[str], regexes: RegexTables):
+        self.dag, self.slots, self.regexes = dag, slots, regexes
         self.functions: dict[tuple, str] = {}  # (op, operand) -> function name
         self.sets: list[frozenset[int]] = []
         self.body: list[str] = []
@@ -366,6 +374,8 @@ class _Emitter:
             return f"L7FP_LT(c->fl[{self.field_index(test.field)}], {operand + 1})"
         if op == "chars_in":
             return f"l7fp_chars_in(c, t, {self.set_id(operand)}, {span})"
+        if op == "regex":
+            return f"l7fp_regex(c, t, {self.regexes.start[operand.source]}, {span})"
         if op == "one_of":
             return " | ".join(f"{self.string_function('eq', v)}(c, {span})" for v in sorted(operand)) or "0"
         if op in _STRING_OPS:
@@ -387,7 +397,7 @@ class _Emitter:
             expression = self.test_expression(item)
             lines.append(f"n{n}: {_comment(item.describe()[:100])}")
             lines.append(f"    r = {expression};")
-            if item.op in ("chars_in", "contains", "contains_ci"):
+            if item.op in ("chars_in", "contains", "contains_ci", "regex"):
                 lines.append("    if (r >> 1)")
                 lines.append("        return V_BEYOND_LOOP;")
             lines.append(f"    if (r)\n        goto n{yes};\n    goto n{no};")
@@ -414,7 +424,8 @@ class _Emitter:
 def generate(dag: Dag, hcm) -> KernelProgram:
     """The kernel program for a proven DAG (`hcm`: the connection manager options the scanner
     depends on)."""
-    kernel, lowered = lower(dag)
+    regexes = RegexTables()
+    kernel, lowered = lower(dag, regexes)
     headers = sorted(set(dag.header_names) - set(FRAMING_SLOTS))
     named = list(FRAMING_SLOTS) + headers
     slots = named + [""] * (_pow2(len(named), 4) - len(named))
@@ -435,7 +446,7 @@ def generate(dag: Dag, hcm) -> KernelProgram:
         else:
             verdicts.append(Verdict(code, item.action, item.reason, n, leaf=item))
 
-    emitter = _Emitter(kernel, slots)
+    emitter = _Emitter(kernel, slots, regexes)
     dag_c = emitter.decision(codes)
     slot_c = emitter.slot_of()
     bounds = dag.bounds
@@ -446,12 +457,12 @@ def generate(dag: Dag, hcm) -> KernelProgram:
         "WINDOW": window, "BUF_SIZE": _pow2(window + 2, 64), "MAX_LINES": bounds.max_header_lines,
         "MAX_FIELD": max(bounds.max_target, bounds.max_authority, bounds.max_header_value),
         "N_SLOTS": len(slots), "N_SETS": _pow2(max(1, len(emitter.sets))), "N_VERDICTS": _pow2(len(verdicts)),
-
+        "N_DFA_ROWS": _pow2(len(regexes.rows)),
         "SLOT_HOST": slots.index("host"), "SLOT_CONTENT_LENGTH": slots.index("content-length"),
         "SLOT_TRANSFER_ENCODING": slots.index("transfer-encoding"), "SLOT_HOP_BY_HOP": -2,
         "KIND_FORWARD": KIND_FORWARD, "KIND_REPLY": KIND_REPLY, "KIND_PUNT": KIND_PUNT,
     }
     program = KernelProgram(kernel, lowered, verdicts, slots, clusters, emitter.sets, classes,
-                            transitions, underscores, constants)
+                            transitions, underscores, regexes, constants)
     program.decision_c = "\n".join([slot_c, *emitter.body, dag_c])
     return program

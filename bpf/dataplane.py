@@ -42,7 +42,6 @@ from ..semantics.to_envoy import bootstrap
 from .codegen import PARSER_VERDICTS, KernelProgram
 from .loader import connection_state, load_program
 
-BPF_PROG_TYPE_SK_SKB = 14
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
@@ -160,7 +159,7 @@ class DataPlane:
         if missing:
             raise DataPlaneError(f"no address for cluster(s) {', '.join(missing)}: give --cluster NAME=HOST:PORT")
         self.endpoints = endpoints
-        loaded = load_program(program, "sk_skb", BPF_PROG_TYPE_SK_SKB, "data plane")
+        loaded = load_program(program, "sk_skb", "data plane")
         self.module, self.stats = loaded.module, loaded.stats
         self._conns, self._acks, self._peers = self.module["conns"], self.module["acks"], self.module["peers"]
         self._counts = self.module["counts"]

@@ -15,7 +15,9 @@ import contextlib
 import ctypes as ct
 import ipaddress
 import os
+import pickle
 import tempfile
+from array import array
 from dataclasses import dataclass
 
 from .codegen import KernelProgram
@@ -70,25 +72,39 @@ def _captured_stderr():
             captured.append(sink.read().decode(errors="replace"))
 
 
-def _compiles_in_a_child(source: str, what: str) -> None:
-    """LLVM ends the process on some errors (the 512-byte BPF stack, for one) instead of returning
-    one, so the C is compiled once in a forked child first; a death there becomes KernelLoadError."""
-    bcc, _ = _bcc()
-    with tempfile.TemporaryFile() as sink:
+def _in_a_child(work, what: str):
+    """Run `work()` in a forked child and return what it returns (pickled back). LLVM ends the process
+    on some errors (the 512-byte BPF stack, for one) instead of returning one, so anything that
+    compiles C runs here first; a death becomes KernelLoadError with clang's diagnostics, and a
+    KernelLoadError raised in the child is raised again here."""
+    with tempfile.TemporaryFile() as sink, tempfile.TemporaryFile() as answer:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
             try:
-                bcc.BPF(text=source, cflags=_CFLAGS)
+                pickle.dump(work(), answer)
+                answer.flush()
+            except KernelLoadError as exc:
+                pickle.dump(exc, answer)
+                answer.flush()
+                os._exit(3)
             except BaseException:
                 os._exit(1)
             os._exit(0)
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) == 0:
-            return
+        code = os.waitstatus_to_exitcode(status)
+        answer.seek(0)
+        if code == 0:
+            return pickle.load(answer)
+        if code == 3:
+            raise pickle.load(answer)
         sink.seek(0)
         raise _compile_failure(what, sink.read().decode(errors="replace"))
+
+
+def _compiles_in_a_child(source: str, what: str) -> None:
+    _in_a_child(lambda: _compile(source, what) and None, what)
 
 
 def _compile_failure(what: str, diagnostics: str) -> KernelLoadError:
@@ -102,11 +118,15 @@ _CFLAGS = ["-Wno-unused-label", "-Wno-unused-function"]
 
 def compile_source(source: str, what: str):
     """A bcc.BPF module for C text (nothing is loaded into the kernel yet)."""
-    bcc, _ = _bcc()
     _compiles_in_a_child(source, what)
+    return _compile(source, what)
+
+
+def _compile(source: str, what: str):
+    bcc, _ = _bcc()
     try:
         with _captured_stderr() as diagnostics:
-            return bcc.BPF(text=source, cflags=_CFLAGS)
+            return bcc.BPF(text=source.encode(), cflags=_CFLAGS)
     except Exception as exc:
         raise _compile_failure(what, "".join(diagnostics) or str(exc)) from exc
 
@@ -158,7 +178,7 @@ def program_stats(name: str, fd: int) -> ProgramStats:
 
 
 def fill_tables(module, program: KernelProgram) -> None:
-    """Write the scanner tables, character sets and verdict words into the tables map."""
+    """Write the scanner tables, character sets, verdict words and regex DFAs into the tables map."""
     table = module["tables"]
     value = table.Leaf()
     for i, word in enumerate(program.transitions):
@@ -173,12 +193,19 @@ def fill_tables(module, program: KernelProgram) -> None:
             value.sets[i * 32 + j] = byte
     for v in program.verdicts:
         value.verdict[v.code] = program.verdict_word(v)
+    rows = array("H", (next_row for row in program.regexes.rows for next_row in row))
+    ct.memmove(ct.addressof(value) + type(value).dfa.offset, rows.tobytes(), len(rows) * rows.itemsize)
+    for row, accepting in enumerate(program.regexes.accepting):
+        value.accepting[row] = accepting
     table[ct.c_int(0)] = value
 
 
 # The kernel program is three programs joined by tail calls (each has its own verifier budget and
 # 512-byte stack): scan the header block, frame the request, run the DAG. Both entries name them so.
 PROGRAMS = ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")
+# The two entries KernelProgram.source() builds, and the program type each is loaded as.
+BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_SK_SKB = 1, 14
+ENTRIES = {"sk_skb": BPF_PROG_TYPE_SK_SKB, "test_run": BPF_PROG_TYPE_SOCKET_FILTER}
 
 
 @dataclass
@@ -188,14 +215,27 @@ class Loaded:
     stats: list[ProgramStats]
 
 
-def load_program(program: KernelProgram, entry: str, prog_type: int, what: str) -> Loaded:
+def load_program(program: KernelProgram, entry: str, what: str) -> Loaded:
     """Compile one entry of `program`, load its three programs, chain them and fill the tables."""
     module = compile_source(program.source(entry), what)
-    functions = [load_function(module, name, prog_type) for name in PROGRAMS]
+    functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
     for index, function in enumerate(functions[1:]):
         module["progs"][ct.c_int(index)] = ct.c_int(function.fd)
     fill_tables(module, program)
     return Loaded(module, functions[0], [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)])
+
+
+def check_load(program: KernelProgram, entry: str, what: str) -> list[ProgramStats]:
+    """Compile one entry and pass its programs through the verifier in a forked child, then unload
+    them: the instructions the verifier processed per program, or KernelLoadError saying why it
+    refused. For gates (`l7fp compile --check-load`, the corpus budget test) that need the verdict,
+    not a running program; one compile instead of load_program's two."""
+    def verify() -> list[ProgramStats]:
+        module = _compile(program.source(entry), what)
+        functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
+        return [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
+
+    return _in_a_child(verify, what)
 
 
 def connection_state(conns, source: str, destination: str):

@@ -14,15 +14,13 @@ from ..synth.dag import reach
 from .codegen import KernelProgram, Verdict
 from .loader import TestRunner, connection_state, load_program
 
-BPF_PROG_TYPE_SOCKET_FILTER = 1
-
 
 class KernelHarness:
     """One policy's kernel program, loaded for test runs."""
 
     def __init__(self, program: KernelProgram):
         self.program = program
-        loaded = load_program(program, "test_run", BPF_PROG_TYPE_SOCKET_FILTER, "test-run harness")
+        loaded = load_program(program, "test_run", "test-run harness")
         self.module, self.stats = loaded.module, loaded.stats
         self._conns = self.module["conns"]
         self._addresses = None

@@ -58,13 +58,17 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="write the DAG, the kernel C, the slow-path Envoy config and a report",
                           description="Synthesize the kernel program for a policy and write into DIR: dag.graphml and "
-                          "dag.png (the match-action DAG), sk_skb.c and test_run.c (the C bcc loads), envoy.yaml (the "
+                          "dag.png (the match-action DAG the kernel runs, after lowering what the C cannot do to PUNT), sk_skb.c and test_run.c (the C bcc loads), envoy.yaml (the "
                           "slow-path Envoy config `l7fp run` supervises) and report.json (what is decided in kernel, "
-                          "what is punted and why). Nothing is loaded into the kernel.")
+                          "what is punted and why). Nothing is loaded into the kernel, unless --check-load asks the verifier.")
     comp.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
     comp.add_argument("--output", "-o", metavar="DIR", help="directory to write into (created if missing)")
     comp.add_argument("--print-c", action="store_true", help="print the data plane's C to stdout")
     comp.add_argument("--listener", help="listener name, when the bootstrap has several")
+    comp.add_argument("--check-load", action="store_true",
+                      help="also pass the programs through the kernel's verifier (root; nothing stays loaded), "
+                      "print the instructions it processed per program and add them to report.json; exit 1 if "
+                      "the verifier refuses")
 
     run = sub.add_parser("run", help="the data plane: kernel fast path, Envoy as the slow path",
                          description="Prove the kernel DAG (nothing is loaded unless the proof holds), load the "
@@ -208,11 +212,27 @@ def cmd_compile(args, out: Console) -> int:
         raise UsageError("give --output DIR, --print-c, or both")
     policy = load_policy(args.configs, listener=args.listener)
     program = generate(compile_policy(policy), policy.hcm)
+    err = Console(stderr=True)
     if args.print_c:
         print(program.source("sk_skb"))
+    verifier = None
+    if args.check_load:
+        from l7fp.bpf.loader import VERIFIER_LIMIT, KernelLoadError, check_load
+
+        try:
+            with err.status("passing the programs through the kernel verifier…"):
+                verifier = check_load(program, "sk_skb", ", ".join(args.configs))
+        except KernelLoadError as exc:
+            err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            return EXIT_DIFFERENT
+        table = Table("program", "instructions processed", "of the limit", "instructions", title="kernel verifier")
+        for stats in verifier:
+            table.add_row(stats.name, f"{stats.verified_insns:,}", f"{stats.verified_insns / VERIFIER_LIMIT:.0%}",
+                          f"{stats.xlated_insns:,}")
+        err.print(table)
     if args.output:
-        written = write_artifacts(policy, program, args.output)
-        Console(stderr=True).print(f"wrote {', '.join(written)} into {args.output}", highlight=False)
+        written = write_artifacts(policy, program, args.output, verifier)
+        err.print(f"wrote {', '.join(written)} into {args.output}", highlight=False)
     return EXIT_OK
 
 

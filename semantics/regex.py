@@ -276,6 +276,10 @@ class Regex:
     def _compiled(self) -> re.Pattern:
         return _compile(self)
 
+    def python_pattern(self) -> str:
+        """The AST as a Python `re` pattern (DOTALL): what concrete matching and bpf/regex_dfa.py use."""
+        return _to_python(self.ast)
+
     def full_match(self, text: str) -> bool:
         return self._compiled.fullmatch(text) is not None
 
@@ -288,7 +292,7 @@ class Regex:
 
 @lru_cache(maxsize=4096)
 def _compile(regex: Regex) -> re.Pattern:
-    return re.compile(_to_python(regex.ast), re.DOTALL)
+    return re.compile(regex.python_pattern(), re.DOTALL)
 
 
 def _count_groups(node) -> int:

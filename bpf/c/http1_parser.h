@@ -101,6 +101,8 @@ struct tables {
     u8 cls[256];
     u8 sets[N_SETS * 32]; /* flat: bcc's ctypes mirror collapses 2-D arrays */
     u32 verdict[N_VERDICTS]; /* kind << 16 | cluster slot */
+    u16 dfa[N_DFA_ROWS * 128]; /* (row << 7 | byte) -> next row, see bpf/regex_dfa.py; row 0 is dead */
+    u8 accepting[N_DFA_ROWS];
 };
 
 #define BYTE(c, x) ((u64)(c)->buf[(x) & (BUF_SIZE - 1)])
@@ -263,4 +265,21 @@ static __always_inline u64 l7fp_chars_in(const struct conn *c, const struct tabl
         bad |= out & L7FP_LT(j, len);
     }
     return L7FP_ZERO(bad) | (L7FP_LT(MAX_FIELD, len) << 1);
+}
+
+/* Does the DFA that starts at row `start` accept all of [off, off+len)? Bit 1 set: the field is
+ * longer than the loop or holds a byte >= 0x80 (RE2 would read UTF-8 there), and the caller punts.
+ * Branch-free like l7fp_chars_in: rows past the field's end are not taken. */
+static __always_inline u64 l7fp_regex(const struct conn *c, const struct tables *t, u64 start, u64 off, u64 len)
+{
+    u64 row = start, seen = 0;
+    for (u64 j = 0; j < MAX_FIELD; j++) {
+        u64 ch = BYTE(c, off + j);
+        /* all ones inside the field, else 0; hidden, or clang branches on it */
+        u64 inside = l7fp_hide(0 - L7FP_LT(j, len));
+        u64 next = t->dfa[((row << 7) | (ch & 0x7f)) & (N_DFA_ROWS * 128 - 1)];
+        row ^= (row ^ next) & inside;
+        seen |= ch & inside;
+    }
+    return (t->accepting[row & (N_DFA_ROWS - 1)] & 1) | (((seen >> 7) | L7FP_LT(MAX_FIELD, len)) << 1);
 }
