@@ -26,6 +26,7 @@ class KernelHarness:
         self._addresses = None
         self._set_addresses("127.0.0.1", "127.0.0.1")
         self._run = TestRunner(loaded.entry.fd)
+        self.capacity = self._run.capacity  # the longest payload a test run takes
         self._by_node = {v.node: v for v in program.verdicts if v.node is not None}
 
     def _set_addresses(self, source: str, destination: str) -> None:

@@ -70,6 +70,26 @@ def _parser() -> argparse.ArgumentParser:
                       "print the instructions it processed per program and add them to report.json; exit 1 if "
                       "the verifier refuses")
 
+    fuzz = sub.add_parser("fuzz", help="differential fuzz campaign: reference, DAG, kernel, real Envoy",
+                          description="Send generated requests (the policy's own constants, plus request-"
+                          "smuggling damage) through two or more oracles and report every disagreement between "
+                          "two that decide: reference (the interpreter), dag (the proven DAG), kernel (the generated "
+                          "eBPF run by BPF_PROG_TEST_RUN; root), envoy (the real envoy binary). A stage that decides "
+                          "a request the reference does not model is a divergence too. The first divergence is "
+                          "shrunk to a minimal request and saved as a .http file (`l7fp explain` replays it). "
+                          "Exit 0 no divergence, 1 divergence, 2 bad input.")
+    fuzz.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
+    fuzz.add_argument("--oracle", action="append", metavar="NAME",
+                      help="reference, dag, kernel or envoy; repeat or join with ',' (default reference,dag)")
+    fuzz.add_argument("--max-examples", type=int, default=200, metavar="N", help="requests to generate (default 200)")
+    fuzz.add_argument("--seed", type=int, default=0, metavar="S", help="Hypothesis seed (default 0): same seed, "
+                      "same campaign")
+    fuzz.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    fuzz.add_argument("--save", metavar="DIR", default="l7fp-fuzz-cases",
+                      help="where divergences are written as .http and .json (default ./l7fp-fuzz-cases; "
+                      "nothing is written without a divergence)")
+    fuzz.add_argument("--listener", help="listener name, when the bootstrap has several")
+
     run = sub.add_parser("run", help="the data plane: kernel fast path, Envoy as the slow path",
                          description="Prove the kernel DAG (nothing is loaded unless the proof holds), load the "
                          "sk_skb program, listen, decide requests in the kernel and hand the rest to a supervised "
@@ -236,6 +256,52 @@ def cmd_compile(args, out: Console) -> int:
     return EXIT_OK
 
 
+def cmd_fuzz(args, out: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from l7fp.fuzz import ORACLES, run_campaign, save_cases
+    from l7fp.semantics.frontends import load_policy
+
+    oracles = [o.strip() for item in (args.oracle or ["reference,dag"]) for o in item.split(",") if o.strip()]
+    unknown = sorted(set(oracles) - set(ORACLES))
+    if unknown or len(set(oracles)) < 2:
+        raise UsageError(f"--oracle: give two or more of {', '.join(ORACLES)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    if args.max_examples < 1:
+        raise UsageError("--max-examples must be at least 1")
+    if "kernel" in oracles and os.geteuid() != 0:
+        raise UsageError("the kernel oracle loads an eBPF program: run as root")
+    policy = load_policy(args.configs, listener=args.listener)
+    with Progress(TextColumn("fuzzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("requests", total=args.max_examples)
+        campaign = run_campaign(policy, oracles, args.max_examples, args.seed,
+                                progress=lambda n: progress.update(task, completed=min(n, args.max_examples)))
+    if campaign.divergences:
+        save_cases(campaign, args.save)
+    if args.format == "json":
+        print(json.dumps(campaign.to_json(), indent=2))
+    else:
+        table = Table("oracle", "answered", "most frequent abstentions",
+                      title=f"l7fp fuzz: {campaign.executed} requests, seed {args.seed}")
+        for name in campaign.oracles:
+            reasons = sorted(campaign.abstained.get(name, {}).items(), key=lambda kv: -kv[1])[:3]
+            table.add_row(name, f"{campaign.decided.get(name, 0)} of {campaign.executed}",
+                          "\n".join(f"{n}× {reason[:70]}" for reason, n in reasons))
+        out.print(table)
+        for divergence in campaign.divergences:
+            out.print(f"[bold red]divergence[/]: {divergence.why}", highlight=False)
+            out.print(f"  request: {divergence.request.raw!r} from {divergence.request.source_ip}",
+                      highlight=False, markup=False)
+            for name, answer in divergence.answers.items():
+                out.print(f"  {name}: {answer.text()}", highlight=False, markup=False)
+        if campaign.saved:
+            out.print(f"saved: {', '.join(campaign.saved)}", highlight=False)
+        if not campaign.divergences:
+            out.print("no divergence", highlight=False)
+    return EXIT_DIFFERENT if campaign.divergences else EXIT_OK
+
+
 def cmd_run(args, out: Console) -> int:
     from l7fp.bpf.codegen import generate
     from l7fp.bpf.dataplane import DataPlane, DataPlaneError, endpoints_of, run_until_signal
@@ -270,7 +336,8 @@ def cmd_run(args, out: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff, "compile": cmd_compile, "run": cmd_run}
+COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff, "compile": cmd_compile, "fuzz": cmd_fuzz,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ envoy`. Every process it starts is bounded in time and stopped on close().
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -55,13 +56,40 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _require_free(address: tuple[str, int]) -> None:
     """Envoy binds listeners with SO_REUSEPORT, so a stale Envoy on the same port would silently
-    share the traffic; a plain bind (no SO_REUSEPORT) fails if anything holds the port."""
+    share the traffic; a bind without SO_REUSEPORT fails if anything listens there. (SO_REUSEADDR:
+    connections of an Envoy that has exited, in TIME_WAIT, do not count.)"""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
             raise RuntimeError(f"listener address {address[0]}:{address[1]} is in use ({exc.strerror}); "
                                f"is another envoy still running?") from None
+
+
+class _ListenerLock:
+    """Oracles for the same listener port in other processes (pytest-xdist workers, a campaign next
+    to the tests) take turns instead of failing: an exclusive flock on a file named after the port,
+    held for the oracle's life. Waits at most `wait` seconds."""
+
+    def __init__(self, address: tuple[str, int], wait: float):
+        self._file = open(os.path.join(tempfile.gettempdir(), f"l7fp-listener-{address[1]}.lock"), "w")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._file.close()
+                    raise RuntimeError(f"listener port {address[1]} stayed taken by another L7FP Envoy oracle "
+                                       f"for {wait:.0f} s") from None
+                time.sleep(0.1)
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
 
 
 # ---- echo backends ------------------------------------------------------------------------------
@@ -165,8 +193,9 @@ class RawResponse:
         return next((v for n, v in self.headers if n == name), None)
 
 
-def send_raw(address: tuple[str, int], raw: bytes, source_ip: str | None = None) -> RawResponse:
-    with socket.create_connection(address, timeout=_IO_TIMEOUT,
+def send_raw(address: tuple[str, int], raw: bytes, source_ip: str | None = None,
+             timeout: float = _IO_TIMEOUT) -> RawResponse:
+    with socket.create_connection(address, timeout=timeout,
                                   source_address=(source_ip, 0) if source_ip else None) as sock:
         sock.sendall(raw)
         message = _read_http_message(sock, is_response=True, no_body=raw.startswith(b"HEAD "))
@@ -193,13 +222,14 @@ def outcome_of(response: RawResponse) -> Outcome:
 class EnvoyOracle:
     """Real Envoy running `config` (an Envoy bootstrap dict or path), clusters sent to echo backends."""
 
-    def __init__(self, config: str | dict, startup_timeout: float = 20.0):
+    def __init__(self, config: str | dict, startup_timeout: float = 20.0, io_timeout: float = _IO_TIMEOUT):
+        self.io_timeout = io_timeout  # how long a request waits for its answer
         if isinstance(config, (str, Path)):
             config = yaml.safe_load(Path(config).read_text())
         self.config = config
         self.backends: dict[str, EchoBackend] = {}
         self._dir = tempfile.mkdtemp(prefix="l7fp-envoy-")
-        self._proc = None
+        self._proc = self._lock = None
         static = config["static_resources"]
         for cluster in static.get("clusters", []):
             backend = EchoBackend(cluster["name"])
@@ -214,6 +244,7 @@ class EnvoyOracle:
                 cluster.pop(key, None)
         listener = static["listeners"][0]["address"]["socket_address"]
         self.address = (listener["address"], int(listener["port_value"]))
+        self._lock = _ListenerLock(self.address, wait=900)
         _require_free(self.address)
         self.admin_port = free_port()
         config["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}
@@ -251,7 +282,7 @@ class EnvoyOracle:
             return ""
 
     def send(self, raw: bytes, source_ip: str | None = None) -> RawResponse:
-        return send_raw(self.address, raw, source_ip)
+        return send_raw(self.address, raw, source_ip, self.io_timeout)
 
     def outcome(self, raw: bytes, source_ip: str | None = None) -> Outcome:
         return outcome_of(self.send(raw, source_ip))
@@ -268,6 +299,8 @@ class EnvoyOracle:
             backend.close()
         if hasattr(self, "_log"):
             self._log.close()
+        if self._lock is not None:
+            self._lock.release()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self):

@@ -7,8 +7,13 @@ variants, repeated headers, odd methods, no Host or two). `field_requests(policy
 constants in the IR (`constants(policy)`) mixed with random pieces, inside the field model's
 alphabets: every draw renders to bytes the codec model parses back to the same fields.
 
-Used by tests/semantics/test_symbolic_vs_interpreter.py and tests/synth/test_dag.py; later by
-`l7fp fuzz` (the same strategy, driven with a seed and --max-examples).
+`raw_requests(policy)` adds the byte-level damage request smuggling is made of (bare LF or CR,
+obs-fold, whitespace before a colon, NUL, CL+TE, a repeated Content-Length, a pipelined second request,
+HTTP/1.0, absolute form, truncation), which takes requests out of the field model: each stage must
+then punt or agree with the codec.
+
+Used by tests/semantics/test_symbolic_vs_interpreter.py, tests/synth/test_dag.py, tests/bpf (the
+kernel harness) and `l7fp fuzz` (l7fp/fuzz.py, driven with a seed and --max-examples).
 """
 from __future__ import annotations
 
@@ -197,3 +202,46 @@ def _request(draw, c: Constants, listener_ip: str) -> FieldRequest:
 def field_requests(policy: ir.Policy) -> st.SearchStrategy[FieldRequest]:
     """Requests in the field model, biased toward `policy`'s own constants."""
     return _request(constants(policy), policy.listener[0])
+
+
+# Byte-level damage, each one a request-smuggling class or a shape only Envoy's codec decides.
+DAMAGE = (
+    ("bare LF", lambda r: r.replace(b"\r\n", b"\n", 1)),
+    ("obs-fold", lambda r: r.replace(b"\r\nhost:", b"\r\n host:", 1)),
+    ("space before colon", lambda r: r.replace(b"host:", b"host :", 1)),
+    ("NUL in a value", lambda r: r.replace(b"host: ", b"host: \x00", 1)),
+    ("CL+TE", lambda r: r.replace(b"\r\n\r\n", b"\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n", 1)),
+    ("two Content-Length", lambda r: r.replace(b"\r\n\r\n", b"\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n", 1)),
+    ("pipelined", lambda r: r + b"GET /admin HTTP/1.1\r\nhost: x\r\n\r\n"),
+    ("HTTP/1.0", lambda r: r.replace(b" HTTP/1.1", b" HTTP/1.0", 1)),
+    ("absolute form", lambda r: r.replace(b" /", b" http://evil/", 1)),
+    ("truncated", lambda r: r[:-1]),
+    ("connection: close", lambda r: r.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)),
+    ("two spaces", lambda r: r.replace(b" /", b"  /", 1)),
+    ("bare CR", lambda r: r.replace(b"\r\n", b"\r", 1)),
+)
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """Request bytes with the connection's addresses; `fields` when they are an undamaged rendering."""
+
+    raw: bytes
+    source_ip: str
+    destination_ip: str
+    fields: FieldRequest | None
+    damage: str = ""
+
+
+@st.composite
+def _raw_request(draw, policy: ir.Policy, damaged_share: float) -> RawRequest:
+    fields = draw(field_requests(policy))
+    if draw(st.floats(0, 1)) >= damaged_share:
+        return RawRequest(fields.render(), fields.source_ip, fields.destination_ip, fields)
+    name, damage = draw(st.sampled_from(DAMAGE))
+    return RawRequest(damage(fields.render()), fields.source_ip, fields.destination_ip, None, name)
+
+
+def raw_requests(policy: ir.Policy, damaged_share: float = 0.25) -> st.SearchStrategy[RawRequest]:
+    """Rendered field requests, about `damaged_share` of them with one DAMAGE applied."""
+    return _raw_request(policy, damaged_share)

@@ -14,9 +14,21 @@ from dataclasses import dataclass
 # Methods BalsaParser accepts in Envoy 1.40 (an unknown token such as FOO gets 400). Measured: GET,
 # POST, PATCH, OPTIONS, CONNECT, FOO (400), lowercase (400); the rest is http-parser's method table,
 # which Envoy keeps for compatibility (source/common/http/http1/balsa_parser.cc).
+# M-SEARCH is in that table but gets 400 (measured by `l7fp fuzz`: docs/bugs/0005).
 KNOWN_METHODS = frozenset("""DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND
-PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE
+PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE NOTIFY SUBSCRIBE
 UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE""".split())
+# The bytes Envoy's codec accepts in an authority: Host (repeated values joined with ','), or the URL
+# authority of an absolute-form target. Measured on every byte 0x21-0x7e, tab and bytes >= 0x80
+# (docs/bugs/0005): '"', '#', '/', '<', '>', '?', '\\', '^', '`', '{', '|', '}', a space or tab inside, and
+# bytes >= 0x80 get the codec's 400.
+AUTHORITY_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'"#/<>?\\^`{|}')
+
+
+def joined_host(values) -> str:
+    """The :authority Envoy makes of the Host values: joined with ',', empty values skipped
+    (measured, docs/bugs/0005: `Host: A` + `Host: ` gives `A`, `A`, ``, `B` gives `A,B`)."""
+    return ",".join(v for v in values if v)
 _KNOWN_METHOD_BYTES = frozenset(m.encode() for m in KNOWN_METHODS)
 
 _STATUS_TEXT = {400: "Bad Request", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
@@ -26,6 +38,8 @@ _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _BAD_VALUE_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_TARGET_BYTES = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _ABSOLUTE = re.compile(rb"(?i)(https?)://([^/?#]*)(.*)")
+# CONNECT's authority-form: host:port (what it must be to get past the codec).
+_CONNECT_AUTHORITY = re.compile(rb"[^/?#*:]+:[0-9]+")
 # Near the header-size limit the exact accounting (request line, CRLFs) is not pinned down by a
 # measurement; requests within this margin are reported as not modelled.
 SIZE_MARGIN = 2048
@@ -93,23 +107,27 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
     vmatch = _VERSION.fullmatch(version)
     if not vmatch:
         return CodecReply(400, "http1.codec_error")
-    if (vmatch.group(1), vmatch.group(2)) != (b"1", b"1"):
-        return CodecReply(426, "low_version")
+    # Not HTTP/1.1: a 426, but only once everything the codec checks before it has passed (measured,
+    # docs/bugs/0005: target, header syntax, 431, CONNECT and framing errors come first; the Host
+    # check after).
+    low_version = (vmatch.group(1), vmatch.group(2)) != (b"1", b"1")
     if _BAD_TARGET_BYTES.search(target):
         return CodecReply(400, "http1.invalid_characters")
     absolute_authority = None
-    if target.startswith(b"/"):
+    if method == b"CONNECT":
+        pass  # decided once the headers are parsed (below)
+    elif target.startswith(b"/"):
         pass
     elif target == b"*":
         if method != b"OPTIONS":
             return CodecReply(400, "http1.invalid_url")
-    elif method == b"CONNECT":
-        raise Unmodelled("CONNECT requests are not modelled")
     else:
         absolute = _ABSOLUTE.fullmatch(target)
         if not absolute:
             return CodecReply(400, "http1.codec_error")
         absolute_authority = absolute.group(2).decode("latin-1")
+        if any(ord(c) not in AUTHORITY_BYTES for c in absolute_authority):
+            return CodecReply(400, "http1.invalid_url")  # at the request line, before the 426
         target = absolute.group(3) or b"/"
         if not target.startswith((b"/", b"?")):
             raise Unmodelled("absolute-form target with an unusual path part")
@@ -134,22 +152,44 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
         headers.append((name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t")))
     if len(headers) > max_headers_count:
         return CodecReply(431, "http1.too_many_headers")
+    if method == b"CONNECT":
+        # Measured (envoy 1.40.0, docs/bugs/0004): any Transfer-Encoding on a CONNECT is a 501;
+        # otherwise a target that is not host:port (origin-form, '*', absolute-form, a host without
+        # a port) is the codec's 400, before the Host checks; host:port goes on to the filters,
+        # which is not modelled.
+        if any(n == "transfer-encoding" for n, _ in headers):
+            return CodecReply(501, "http1.invalid_transfer_encoding")
+        if _CONNECT_AUTHORITY.fullmatch(target) is None:
+            return CodecReply(400, "http1.codec_error")
+        raise Unmodelled("CONNECT requests are not modelled")
 
     transfer = [v for n, v in headers if n == "transfer-encoding"]
     lengths = [v for n, v in headers if n == "content-length"]
     if transfer:
         if lengths:
             return CodecReply(400, "http1.content_length_and_chunked_not_allowed")
+        if low_version and (len(transfer) != 1 or transfer[0].lower() != "chunked"):
+            # measured: gzip, "gzip, chunked" and a repeated chunked (a single chunked gets the 426)
+            return CodecReply(501, "http1.invalid_transfer_encoding")
         if len(transfer) != 1:
             raise Unmodelled("repeated Transfer-Encoding headers")
         if transfer[0].lower() != "chunked":
             if "chunked" in transfer[0].lower():
                 return CodecReply(501, "http1.invalid_transfer_encoding")
             raise Unmodelled(f"Transfer-Encoding {transfer[0]!r}")
+    elif lengths and (len(lengths) != 1 or not re.fullmatch(r"[0-9]+", lengths[0])):
+        return CodecReply(400, "http1.codec_error")
+    if low_version:
+        return CodecReply(426, "low_version")
+    # Host, checked once the headers are complete: after the framing headers (a 501 wins) and the
+    # 426, before any body arrives (measured). With an absolute-form target the URL's authority
+    # (checked above) is used and Host is not looked at.
+    if absolute_authority is None and any(ord(c) not in AUTHORITY_BYTES
+                                          for c in joined_host(v for n, v in headers if n == "host")):
+        return CodecReply(400, "http1.invalid_authority")
+    if transfer:
         body = _chunked_body(rest)
     elif lengths:
-        if len(lengths) != 1 or not re.fullmatch(r"[0-9]+", lengths[0]):
-            return CodecReply(400, "http1.codec_error")
         length = int(lengths[0])
         if len(rest) < length:
             raise Unmodelled("the body is shorter than Content-Length (incomplete request)")

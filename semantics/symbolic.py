@@ -33,7 +33,7 @@ import z3
 
 from . import ir
 from .fields import METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
-from .http1 import KNOWN_METHODS, SIZE_MARGIN
+from .http1 import AUTHORITY_BYTES, KNOWN_METHODS, SIZE_MARGIN
 from .interpreter import (DEFAULT_PORTS, FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank,
                           rewritten_by_connection_manager)
 from .regex import Alt, Cat, Chars, Group, Repeat
@@ -445,8 +445,11 @@ def template_key(parts: tuple) -> z3.IntNumRef:
 
 
 def joined_authority(req: "SymRequest"):
+    """http1.joined_host: the Host values joined with ',', empty ones skipped."""
     host = req.headers["host"]
-    return z3.If(host.count >= 2, z3.Concat(host.items[0], sval(","), host.items[1]), host.items[0])
+    first, second = host.items[0], host.items[1]
+    both = z3.If(first == sval(""), second, z3.If(second == sval(""), first, z3.Concat(first, sval(","), second)))
+    return z3.If(host.count >= 2, both, first)
 
 
 def template_term(req: "SymRequest", parts: tuple):
@@ -952,8 +955,10 @@ def meaning_parts(policy: ir.Policy, req: SymRequest) -> Meaning:
     lines = req.header_lines()
     stops = [(size > limit + SIZE_MARGIN, too_large), (size > limit - SIZE_MARGIN, SymOutcome.unknown()),
              (z3.Not(known_method), SymOutcome.reply(400, "Bad Request")),  # codec: unknown method
-             (req.method == sval("CONNECT"), SymOutcome.unknown()),
              (lines > policy.hcm.max_headers_count, too_large),
+             (req.method == sval("CONNECT"), SymOutcome.reply(400, "Bad Request")),  # origin-form: codec 400
+             (z3.Not(z3.InRe(joined_authority(req), z3.Star(charset_regex(AUTHORITY_BYTES)))),
+              SymOutcome.reply(400, "Bad Request")),
              (req.headers["host"].count == 0, SymOutcome.reply(400, ""))]
     if policy.hcm.strip_port != "none":
         stops.append((True, SymOutcome.unknown()))

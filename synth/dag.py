@@ -24,6 +24,7 @@ import networkx as nx
 
 from ..semantics.errors import Origin
 from ..semantics.fields import FieldRequest
+from ..semantics.http1 import joined_host
 from ..semantics.paths import query_params
 from ..semantics.regex import Regex, RegexInputError, as_text
 
@@ -175,7 +176,7 @@ def render_template(template: Template, request: FieldRequest) -> str:
         elif part[0] == "target_from":
             out.append(request.target[part[1]:])
         elif part[0] == "authority":
-            out.append(",".join(request.values("host")))
+            out.append(joined_host(request.values("host")))
         elif part[0] == "query_suffix":
             out.append("" if request.query is None else "?" + request.query)
         elif part[0] == "head_of":
@@ -196,13 +197,19 @@ def reach(dag: Dag, request: FieldRequest) -> int:
 
 def evaluate(dag: Dag, request: FieldRequest) -> tuple[Leaf, object]:
     """(the leaf reached, the Outcome it gives or None for PUNT)."""
+    item = dag.node(reach(dag, request))
+    return item, leaf_outcome(item, request)
+
+
+def leaf_outcome(leaf: Leaf, request: FieldRequest):
+    """The Outcome a leaf gives `request` (None for PUNT); also what a kernel verdict naming the leaf
+    answers (l7fp/fuzz.py)."""
     from ..semantics.request import Outcome
 
-    item = dag.node(reach(dag, request))
-    if item.action == "punt":
-        return item, None
-    if item.action == "forward":
-        return item, Outcome.forward(item.cluster, render_template(item.path, request),
-                                     render_template(item.authority, request), item.reason)
-    location = render_template(item.location, request) if item.location is not None else None
-    return item, Outcome.reply(item.status, item.body, item.reason, "kernel", location=location)
+    if leaf.action == "punt":
+        return None
+    if leaf.action == "forward":
+        return Outcome.forward(leaf.cluster, render_template(leaf.path, request),
+                               render_template(leaf.authority, request), leaf.reason)
+    location = render_template(leaf.location, request) if leaf.location is not None else None
+    return Outcome.reply(leaf.status, leaf.body, leaf.reason, "kernel", location=location)
