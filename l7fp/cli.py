@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
                       "nothing is written without a divergence)")
     fuzz.add_argument("--listener", help="listener name, when the bootstrap has several")
 
+    cov = sub.add_parser("coverage", help="how much of a folder of policies the kernel fast path covers",
+                         description="For every policy document under DIR (*.yaml, *.yml, *.l7fp): parsed or "
+                         "refused (file, line, key), decided in kernel in part (fast_path) or in full "
+                         "(fast_path_full), proven, and the reasons the rest goes to Envoy, counted per feature. "
+                         "Exit 0 (a report), 2 if DIR is not a directory.")
+    cov.add_argument("directory", metavar="DIR", help="folder of Envoy, Istio or .l7fp documents (searched recursively)")
+    cov.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    cov.add_argument("--no-prove", action="store_true", help="skip the proofs (faster; `proven` is then null)")
+    cov.add_argument("--timeout", type=float, default=60.0, metavar="S", help="proof budget per query (s)")
+
     run = sub.add_parser("run", help="the data plane: kernel fast path, Envoy as the slow path",
                          description="Prove the kernel DAG (nothing is loaded unless the proof holds), load the "
                          "sk_skb program, listen, decide requests in the kernel and hand the rest to a supervised "
@@ -302,6 +312,42 @@ def cmd_fuzz(args, out: Console) -> int:
     return EXIT_DIFFERENT if campaign.divergences else EXIT_OK
 
 
+def cmd_coverage(args, out: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from l7fp.coverage import run_coverage
+    from l7fp.proofs.refinement import Budget
+
+    with Progress(TextColumn("assessing documents"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("documents", total=None)
+        try:
+            coverage = run_coverage(args.directory, not args.no_prove, Budget(timeout_s=args.timeout),
+                                    progress=lambda done, total: progress.update(task, completed=done, total=total))
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+    summary = coverage.to_json()
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    table = Table("documents", "parsed", "fast path (in part)", "fast path (in full)", "proven",
+                  title=f"l7fp coverage of {args.directory}")
+    table.add_row(*(str(summary[k]) if summary[k] is not None else "-" for k in
+                    ("documents", "parsed", "fast_path", "fast_path_full", "proven")))
+    out.print(table)
+    if summary["reasons"]:
+        reasons = Table("documents", "why requests go to Envoy", title="reasons for punting")
+        for reason, count in list(summary["reasons"].items())[:15]:
+            reasons.add_row(str(count), reason)
+        out.print(reasons)
+    for error in summary["errors"][:10]:
+        out.print(f"refused: {error['file']}:{error['line']}: {error['key']}: {error['message']}",
+                  highlight=False, markup=False)
+    if len(summary["errors"]) > 10:
+        out.print(f"... and {len(summary['errors']) - 10} more refused (--format json lists them all)")
+    return EXIT_OK
+
+
 def cmd_run(args, out: Console) -> int:
     from l7fp.bpf.codegen import generate
     from l7fp.bpf.dataplane import DataPlane, DataPlaneError, endpoints_of, run_until_signal
@@ -337,7 +383,7 @@ def cmd_run(args, out: Console) -> int:
 
 
 COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff, "compile": cmd_compile, "fuzz": cmd_fuzz,
-            "run": cmd_run}
+            "coverage": cmd_coverage, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
