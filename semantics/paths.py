@@ -109,6 +109,16 @@ class _Reject(Exception):
     pass
 
 
+def _merge_slashes(path: str) -> str:
+    """Envoy's PathUtil::mergeSlashes: the non-empty segments joined with one '/', keeping a leading
+    and a trailing '/'; so a path of slashes only becomes '//' (measured, docs/bugs/0006)."""
+    if "//" not in path:
+        return path
+    prefix = "/" if path.startswith("/") else ""
+    suffix = "/" if path.endswith("/") else ""
+    return prefix + "/".join(segment for segment in path.split("/") if segment) + suffix
+
+
 def normalize(path: str, hcm: HcmOptions) -> str | PathReply:
     """The :path the filters and the router see, or the local reply Envoy sends instead."""
     if "#" in path:
@@ -127,7 +137,7 @@ def normalize(path: str, hcm: HcmOptions) -> str | PathReply:
         except _Reject:
             return PathReply(400, None, "path_normalization_failed")
     if hcm.merge_slashes:
-        head = re.sub(r"/{2,}", "/", head)
+        head = _merge_slashes(head)
     result = head if query is None else f"{head}?{query}"
     if redirect:
         return PathReply(307, result, "path_normalization_failed")

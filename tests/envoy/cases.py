@@ -73,6 +73,9 @@ COMMON: list[tuple[str, bytes]] = [
     ("dotdot", req("GET", "/public/../admin")),
     ("dot", req("GET", "/public/./x")),
     ("double-slash", req("GET", "//public//x")),
+    ("only-slashes", req("GET", "//")),  # docs/bugs/0006: merge_slashes leaves '//'
+    ("three-slashes", req("GET", "///?a=1")),
+    ("trailing-double-slash", req("GET", "/public//")),
     ("pct-unreserved", req("GET", "/%70ublic/x")),
     ("pct-slash", req("GET", "/public%2Fx")),
     ("pct-backslash", req("GET", "/public%5cx")),
