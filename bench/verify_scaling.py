@@ -159,17 +159,23 @@ def timed_parts(record, enabled: bool, quiet: bool, console: Console, deadline: 
             return answer
 
         solver.check = spy  # z3.Solver is a plain Python object: shadow its method for this call
+        settled = len(getattr(self, "answers", []))
         start = time.perf_counter()
         try:
             return original(self, obligation, part, goal, on_model, exact)
         finally:
             seconds = time.perf_counter() - start
             del solver.check
+            # Parts the lazy abstraction proves never reach the Z3 solver: the prover lists them.
+            by = [a for a in getattr(self, "answers", [])[settled:] if a["by"] != "z3"]
+            answers = [a["answer"] for a in by] + answers
             if answers:  # skipped parts (obligation already refuted) ran no query
                 record({"obligation": obligation, "part": part, "answers": answers,
+                        "by": parts_by(by, answers),
                         "seconds": round(seconds, 3), "started": round(start - origin, 3)})
                 if not quiet:
-                    console.print(f"    [dim]{obligation}/{part}: {'/'.join(answers)} in {seconds:.2f} s[/]")
+                    console.print(f"    [dim]{obligation}/{part}: {'/'.join(answers)} in {seconds:.2f} s"
+                                  f" ({parts_by(by, answers)})[/]")
             if interrupted:
                 raise KeyboardInterrupt(f"{obligation}/{part}")
 
@@ -178,6 +184,12 @@ def timed_parts(record, enabled: bool, quiet: bool, console: Console, deadline: 
         yield True
     finally:
         prover_cls.check = original
+
+
+def parts_by(lazy: list[dict], answers: list[str]) -> str:
+    """Who answered a part: the lazy abstraction, Z3 on the whole query, or both in turn."""
+    names = (["abstraction"] if lazy else []) + (["z3"] if len(answers) > len(lazy) else [])
+    return " then ".join(names)
 
 
 # ---- measurement -------------------------------------------------------------------------------

@@ -43,9 +43,6 @@ class DagEncoder:
         if op == "chars_in":
             codes = o if within is None else o & within
             return z3.Star(sym.charset_regex(codes)) if codes else z3.Re(sval(""))
-        if op == "one_of":
-            return z3.Union(*[sym.literal_regex(v) for v in sorted(o)]) if len(o) > 1 else \
-                sym.literal_regex(next(iter(o)))
         raise KeyError(op)
 
     def predicate(self, test: Test):
@@ -68,10 +65,12 @@ class DagEncoder:
                  "header": r.headers[name].items[0] if kind == "header" else None}.get(kind)
         if test.op == "int_in_range":
             return sym._in_range(value, *test.operand)
+        if test.op in ("len_le", "one_of") and value is None:
+            raise KeyError(test.field)
         if test.op == "len_le":  # lengths as arithmetic: a long Loop in a regex slows Z3 down
-            if value is None:
-                raise KeyError(test.field)
             return z3.Length(value) <= test.operand
+        if test.op == "one_of":  # equalities, as the reference states methods: no regex to relate them
+            return z3.Or(*[value == sval(v) for v in sorted(test.operand)])
         if kind == "path":
             return r.on_path(self.op_regex(test, sym.PATH_CODES))
         regex = self.op_regex(test, None)

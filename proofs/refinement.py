@@ -35,6 +35,7 @@ from ..synth import offload
 from ..synth.bounds import KernelBounds
 from ..synth.compile import DagCompiler
 from ..synth.dag import Dag, Leaf, evaluate
+from .abstraction import Inconclusive, LazyRefuter
 from .dag_smt import dag_meaning
 
 PROVEN, COUNTEREXAMPLE, UNKNOWN = "proven", "counterexample", "unknown"
@@ -145,7 +146,7 @@ def beyond_bounds(req: sym.SymRequest, bounds: KernelBounds):
     outside = [z3.And(*[req.method != sym.sval(m) for m in sorted(bounds.methods)]),
                z3.Length(req.target) > bounds.max_target, only(req.target, bounds.target_chars),
                z3.Not(req.on_path(z3.Star(sym.charset_regex(bounds.path_chars & sym.PATH_CODES)))),
-               req.on_path(sym.shape_regex("contains", "//", within=sym.PATH_CODES)), req.on_path(sym.DOT_SEGMENT),
+               req.on_path(sym.shape_regex("contains", "//", within=sym.PATH_CODES)), sym.has_dot_segment(req),
                host.count != 1, z3.Length(host.items[0]) > bounds.max_authority,
                only(host.items[0], bounds.authority_chars)]
     for name, values in req.headers.items():
@@ -175,28 +176,33 @@ def replay(policy: ir.Policy, dag: Dag, fields: FieldRequest, obligation: str) -
 
 
 class _Prover:
-    """One incremental Z3 solver for all the obligations of a policy: the domain is asserted once
-    and each part is checked under push/pop, so lemmas learnt for one part serve the next (about
-    three times faster here than one solver per part)."""
+    """The obligations of a policy, part by part, each first by lazy abstraction (abstraction.py:
+    seconds instead of minutes on large policies, and only its "unsat" is taken), then, when that
+    does not settle it, by one incremental Z3 solver for all parts: the domain is asserted once and
+    each part is checked under push/pop, so lemmas learnt for one part serve the next (about three
+    times faster here than one solver per part)."""
 
     def __init__(self, domain: list, budget: Budget, smt_dir: Path | None, stem: str, req: sym.SymRequest):
         self.req = req
         self.solver = z3.Solver()
         self.solver.add(*domain)
+        self.lazy = LazyRefuter(domain)
         self.budget, self.smt_dir, self.stem = budget, smt_dir, stem
         self.smt_files: list[dict] = []  # {"file": path, "z3": "sat" | "unsat" | "unknown"}
         self.results: dict[str, ObligationResult] = {}
-        self.assumed = 0  # assume() levels not yet released
+        self.context: list[list] = []  # the facts of each assume() level not yet released
+        # how each part was answered: {"obligation", "part", "answer", "by": "abstraction" | "z3"}
+        self.answers: list[dict] = []
 
     def assume(self, *facts):
         self.solver.push()
         self.solver.add(*facts)
-        self.assumed += 1
+        self.context.append(list(facts))
 
     def release(self, all_of_them: bool = False):
-        for _ in range(self.assumed if all_of_them else 1):
+        for _ in range(len(self.context) if all_of_them else 1):
             self.solver.pop()
-            self.assumed -= 1
+            self.context.pop()
 
     def check(self, obligation: str, part: str, goal, on_model, exact=None):
         """Is there a request in the current context with `goal`? Records the answer.
@@ -209,17 +215,25 @@ class _Prover:
             return  # one confirmed witness per obligation is enough
         self.solver.push()
         self.solver.add(goal)
-        self.solver.set("timeout", int(self.budget.timeout_s * 1000))
-        self.solver.set("rlimit", self.budget.rlimit)
         path = None
         if self.smt_dir is not None:
             path = self.smt_dir / f"{self.stem}.{obligation}.{part}.smt2"
             path.write_text("(set-logic ALL)\n" + self.solver.to_smt2())
         start = time.perf_counter()
-        answer = self.solver.check()
-        if answer == z3.sat and self.solver.check(*self.req.readable()) != z3.sat:
-            answer = self.solver.check()  # no readable witness: take any
+        try:
+            # Half the budget at most, so that Z3 on the whole query still gets the other half.
+            self.lazy.refute([fact for level in self.context for fact in level] + [goal],
+                             start + self.budget.timeout_s / 2, self.budget.rlimit)
+            answer, by = z3.unsat, "abstraction"
+        except Inconclusive:
+            left = self.budget.timeout_s - (time.perf_counter() - start)
+            self.solver.set("timeout", max(1, int(left * 1000)))
+            self.solver.set("rlimit", self.budget.rlimit)
+            answer, by = self.solver.check(), "z3"
+            if answer == z3.sat and self.solver.check(*self.req.readable()) != z3.sat:
+                answer = self.solver.check()  # no readable witness: take any
         result.seconds += time.perf_counter() - start
+        self.answers.append({"obligation": obligation, "part": part, "answer": str(answer), "by": by})
         if path is not None:
             self.smt_files.append({"file": str(path), "z3": str(answer)})
         tries = 0
