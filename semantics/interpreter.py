@@ -266,11 +266,30 @@ def _rewritten_path(route: ir.Route, prefix_rewrite: str | None, regex_rewrite: 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def redirect_authority(action: ir.RedirectAction) -> tuple:
+    """The Location's authority as a template part (synth/dag.py renders it, symbolic.py states it):
+    the host_redirect, or the request's authority; redirected to https (the listener is plain
+    http), a trailing ':80' is dropped (measured: `A:80` gives https://A, `A:443` and `A:8080` are
+    kept, a redirect that stays http keeps `A:80`; docs/bugs/0007). Schemes other than http and
+    https are not measured: Unmodelled."""
+    scheme = action.scheme or "http"
+    if scheme not in DEFAULT_PORTS:
+        raise Unmodelled(f"redirect to scheme {scheme!r}")
+    if action.host is not None:
+        return ("lit", action.host)
+    return ("authority", ":80") if scheme == "https" and action.port is None else ("authority",)
+
+
+def authority_part(authority: str, part: tuple) -> str:
+    """An ("authority", ...) template part for a request whose joined Host is `authority`."""
+    drop = part[1] if len(part) > 1 else ""
+    return authority[:-len(drop)] if drop and authority.endswith(drop) else authority
+
+
 def _redirect_location(action: ir.RedirectAction, route: ir.Route, view: RequestView) -> str:
     scheme = action.scheme or "http"
-    authority = view.authority
-    if action.host is not None:
-        authority = action.host
+    part = redirect_authority(action)
+    authority = part[1] if part[0] == "lit" else authority_part(view.authority, part)
     if action.port is not None:
         if DEFAULT_PORTS.get(scheme) == action.port:
             pass  # measured: a port_redirect equal to the scheme's default leaves the authority as it is

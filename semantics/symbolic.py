@@ -33,8 +33,8 @@ import z3
 
 from . import ir
 from .fields import METHOD_CHARS, TARGET_RANGE, VALUE_RANGES, FieldRequest
-from .http1 import AUTHORITY_BYTES, KNOWN_METHODS, SIZE_MARGIN
-from .interpreter import (DEFAULT_PORTS, FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank,
+from .http1 import AUTHORITY_BYTES, KNOWN_METHODS, SIZE_MARGIN, Unmodelled
+from .interpreter import (DEFAULT_PORTS, FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank, redirect_authority,
                           rewritten_by_connection_manager)
 from .regex import Alt, Cat, Chars, Group, Repeat
 
@@ -452,6 +452,15 @@ def joined_authority(req: "SymRequest"):
     return z3.If(host.count >= 2, both, first)
 
 
+def _authority_part(authority, part: tuple):
+    """interpreter.authority_part as a term."""
+    if len(part) == 1:
+        return authority
+    drop = sval(part[1])
+    return z3.If(z3.SuffixOf(drop, authority), z3.SubString(authority, 0, z3.Length(authority) - len(part[1])),
+                 authority)
+
+
 def template_term(req: "SymRequest", parts: tuple):
     terms = []
     for part in parts:
@@ -460,7 +469,7 @@ def template_term(req: "SymRequest", parts: tuple):
         elif part[0] == "target_from":
             terms.append(req.target_from(part[1]))
         elif part[0] == "authority":
-            terms.append(joined_authority(req))
+            terms.append(_authority_part(joined_authority(req), part))
         elif part[0] == "query_suffix":
             terms.append(req.query_suffix)
         elif part[0] == "head_of":
@@ -757,7 +766,12 @@ def _rewritten_path(route: ir.Route, prefix_rewrite, regex_rewrite) -> tuple | N
 def _redirect_location(action: ir.RedirectAction, route: ir.Route) -> tuple | None:
     """The Location's template (interpreter._redirect_location); None where it raises."""
     scheme = action.scheme or "http"
-    authority = ("lit", _ascii_operand(action.host)) if action.host is not None else ("authority",)
+    try:
+        authority = redirect_authority(action)
+    except Unmodelled as exc:
+        raise NotEncodable(str(exc)) from None
+    if authority[0] == "lit":
+        authority = ("lit", _ascii_operand(authority[1]))
     if action.port is not None and DEFAULT_PORTS.get(scheme) != action.port:
         raise NotEncodable("port_redirect to a non-default port")
     if action.path is not None:

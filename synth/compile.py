@@ -18,7 +18,7 @@ from typing import Callable
 import networkx as nx
 
 from ..semantics import ir
-from ..semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank, string_matches
+from ..semantics.interpreter import FAULT_ABORT_BODY, RBAC_DENIED_BODY, domain_rank, redirect_authority, string_matches
 from ..semantics.symbolic import mentioned_headers
 from . import offload
 from .bounds import KernelBounds
@@ -343,7 +343,7 @@ class DagCompiler:
 
     def redirect_location(self, action: ir.RedirectAction, route: ir.Route) -> tuple:
         scheme = action.scheme or "http"
-        authority = ("lit", action.host) if action.host is not None else ("authority",)
+        authority = redirect_authority(action)
         if action.path is not None:
             path = (("lit", action.path),) if "?" in action.path else (("lit", action.path), ("query_suffix",))
         else:

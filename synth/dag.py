@@ -25,6 +25,7 @@ import networkx as nx
 from ..semantics.errors import Origin
 from ..semantics.fields import FieldRequest
 from ..semantics.http1 import joined_host
+from ..semantics.interpreter import authority_part
 from ..semantics.paths import query_params
 from ..semantics.regex import Regex, RegexInputError, as_text
 
@@ -176,7 +177,7 @@ def render_template(template: Template, request: FieldRequest) -> str:
         elif part[0] == "target_from":
             out.append(request.target[part[1]:])
         elif part[0] == "authority":
-            out.append(joined_host(request.values("host")))
+            out.append(authority_part(joined_host(request.values("host")), part))
         elif part[0] == "query_suffix":
             out.append("" if request.query is None else "?" + request.query)
         elif part[0] == "head_of":

@@ -99,6 +99,8 @@ def action_punt(route: ir.Route) -> str | None:
     if isinstance(action, ir.ForwardAction):
         rewrites.append(action.host_rewrite)
     if isinstance(action, ir.RedirectAction):
+        if (action.scheme or "http") not in DEFAULT_PORTS:
+            return f"redirect to scheme {action.scheme!r} (not measured)"
         if action.port is not None and DEFAULT_PORTS.get(action.scheme or "http") != action.port:
             return "port_redirect to a non-default port"
         rewrites += [action.host, action.path]

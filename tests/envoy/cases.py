@@ -190,6 +190,9 @@ SPECIFIC: dict[str, list[tuple[str, bytes, str | None]]] = {
         ("redirect-prefix", req("GET", "/pfx/y?q=1"), None),
         ("redirect-https", req("GET", "/secure/z?q=1"), None),
         ("redirect-https-port", req("GET", "/secure", host="a.test:8080"), None),
+        ("redirect-https-port-80", req("GET", "/secure", host="a.test:80"), None),  # docs/bugs/0007: ':80' dropped
+        ("redirect-https-port-443", req("GET", "/secure", host="a.test:443"), None),
+        ("redirect-http-port-80", req("GET", "/moved", host="a.test:80"), None),  # stays http: ':80' kept
         ("redirect-host", req("GET", "/elsewhere/p?q=1"), None),
         ("redirect-port", req("GET", "/port/p", host="a.test:8080"), None),
         ("redirect-port-nohostport", req("GET", "/port"), None),
