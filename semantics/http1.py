@@ -152,6 +152,10 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
         headers.append((name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t")))
     if len(headers) > max_headers_count:
         return CodecReply(431, "http1.too_many_headers")
+    lengths = [v for n, v in headers if n == "content-length"]
+    if lengths and (len(lengths) != 1 or not re.fullmatch(r"[0-9]+", lengths[0])):
+        # checked as the headers are read: before CONNECT's and the framing's own answers (measured)
+        return CodecReply(400, "http1.codec_error")
     if method == b"CONNECT":
         # Measured (envoy 1.40.0, docs/bugs/0004): any Transfer-Encoding on a CONNECT is a 501;
         # otherwise a target that is not host:port (origin-form, '*', absolute-form, a host without
@@ -164,7 +168,6 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
         raise Unmodelled("CONNECT requests are not modelled")
 
     transfer = [v for n, v in headers if n == "transfer-encoding"]
-    lengths = [v for n, v in headers if n == "content-length"]
     if transfer:
         if lengths:
             return CodecReply(400, "http1.content_length_and_chunked_not_allowed")
@@ -177,8 +180,6 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
             if "chunked" in transfer[0].lower():
                 return CodecReply(501, "http1.invalid_transfer_encoding")
             raise Unmodelled(f"Transfer-Encoding {transfer[0]!r}")
-    elif lengths and (len(lengths) != 1 or not re.fullmatch(r"[0-9]+", lengths[0])):
-        return CodecReply(400, "http1.codec_error")
     if low_version:
         return CodecReply(426, "low_version")
     # Host, checked once the headers are complete: after the framing headers (a 501 wins) and the

@@ -44,6 +44,8 @@ COMMON: list[tuple[str, bytes]] = [
     ("connect-star", req("CONNECT", "*")),
     ("connect-no-port", req("CONNECT", "a.test")),
     ("connect-chunked", b"CONNECT / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("connect-two-cl-chunked", b"CONNECT / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ("connect-bad-cl-chunked", b"CONNECT / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0, 0\r\nTransfer-Encoding: chunked\r\n\r\n"),
     ("connect-authority-chunked", b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\n\r\n"),
     ("m-search", req("M-SEARCH", "/")),  # docs/bugs/0005: in http-parser's table, refused by Envoy
     ("host-brace", req("GET", "/", host="a{b")),  # docs/bugs/0005: bytes Envoy refuses in an authority
