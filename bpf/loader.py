@@ -215,14 +215,20 @@ class Loaded:
     stats: list[ProgramStats]
 
 
+def _load_programs(module, entry: str) -> tuple[list, list[ProgramStats]]:
+    """The three programs of a compiled entry through the verifier, and what it counted for each."""
+    functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
+    return functions, [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
+
+
 def load_program(program: KernelProgram, entry: str, what: str) -> Loaded:
     """Compile one entry of `program`, load its three programs, chain them and fill the tables."""
     module = compile_source(program.source(entry), what)
-    functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
+    functions, stats = _load_programs(module, entry)
     for index, function in enumerate(functions[1:]):
         module["progs"][ct.c_int(index)] = ct.c_int(function.fd)
     fill_tables(module, program)
-    return Loaded(module, functions[0], [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)])
+    return Loaded(module, functions[0], stats)
 
 
 def check_load(program: KernelProgram, entry: str, what: str) -> list[ProgramStats]:
@@ -230,12 +236,7 @@ def check_load(program: KernelProgram, entry: str, what: str) -> list[ProgramSta
     them: the instructions the verifier processed per program, or KernelLoadError saying why it
     refused. For gates (`l7fp compile --check-load`, the corpus budget test) that need the verdict,
     not a running program; one compile instead of load_program's two."""
-    def verify() -> list[ProgramStats]:
-        module = _compile(program.source(entry), what)
-        functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
-        return [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
-
-    return _in_a_child(verify, what)
+    return _in_a_child(lambda: _load_programs(_compile(program.source(entry), what), entry)[1], what)
 
 
 def connection_state(conns, source: str, destination: str):

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from .proofs.envoy_oracle import free_port
+
 BIN = Path(sys.executable).parent
 MODES = ("direct", "envoy", "l7fp")
 TOPOLOGIES = {"single": "single proxy hop, loopback", "mesh": "two-hop mesh (client -> proxy -> proxy -> backend), loopback"}
@@ -127,12 +129,6 @@ def serve_backend(port):
 
 
 # ---- processes -------------------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tool(name):
     found = BIN / name if (BIN / name).exists() else shutil.which(name)
     if not found:
@@ -310,9 +306,15 @@ def run_bench(options: BenchOptions, progress=lambda text: None) -> dict:
             stop_all(backend)
     out = {"duration_s": options.duration, "connections": options.connections, "path": options.path,
            "backend": options.backend, "results": results, "errors": errors}
-    for index, topology in enumerate(options.topologies):  # the contract's `ratios`: the first topology
-        out["ratios" if index == 0 else f"ratios_{topology}"] = ratios(results[topology], topology)
+    for topology in options.topologies:
+        out[ratios_key(options.topologies, topology)] = ratios(results[topology], topology)
     return out
+
+
+def ratios_key(topologies: tuple[str, ...], topology: str) -> str:
+    """Where a topology's ratios are in the report: the contract's `ratios` for the first one
+    measured, `ratios_<topology>` for the others."""
+    return "ratios" if topology == topologies[0] else f"ratios_{topology}"
 
 
 if __name__ == "__main__":  # the python backend's child process: python -m l7fp.bench PORT

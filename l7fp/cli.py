@@ -284,24 +284,27 @@ def cmd_compile(args, out: Console) -> int:
     return EXIT_OK
 
 
-def cmd_fuzz(args, out: Console) -> int:
+def _progress(label: str):
+    """A progress bar on stderr (done of total, elapsed), gone when the work ends."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def cmd_fuzz(args, out: Console) -> int:
     from l7fp.fuzz import ORACLES, run_campaign, save_cases
     from l7fp.semantics.frontends import load_policy
 
-    oracles = [o.strip() for item in (args.oracle or ["reference,dag"]) for o in item.split(",") if o.strip()]
-    unknown = sorted(set(oracles) - set(ORACLES))
-    if unknown or len(set(oracles)) < 2:
-        raise UsageError(f"--oracle: give two or more of {', '.join(ORACLES)}"
-                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    oracles = list(_comma_list(",".join(args.oracle or ["reference,dag"]), ORACLES, "--oracle"))
+    if len(oracles) < 2:
+        raise UsageError(f"--oracle: give two or more of {', '.join(ORACLES)}")
     if args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
     if "kernel" in oracles and os.geteuid() != 0:
         raise UsageError("the kernel oracle loads an eBPF program: run as root")
     policy = load_policy(args.configs, listener=args.listener)
-    with Progress(TextColumn("fuzzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+    with _progress("fuzzing") as progress:
         task = progress.add_task("requests", total=args.max_examples)
         campaign = run_campaign(policy, oracles, args.max_examples, args.seed,
                                 progress=lambda n: progress.update(task, completed=min(n, args.max_examples)))
@@ -331,13 +334,10 @@ def cmd_fuzz(args, out: Console) -> int:
 
 
 def cmd_coverage(args, out: Console) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from l7fp.coverage import run_coverage
     from l7fp.proofs.refinement import Budget
 
-    with Progress(TextColumn("assessing documents"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+    with _progress("assessing documents") as progress:
         task = progress.add_task("documents", total=None)
         try:
             coverage = run_coverage(args.directory, not args.no_prove, Budget(timeout_s=args.timeout),
@@ -399,9 +399,9 @@ def cmd_bench(args, out: Console) -> int:
 
 
 def _bench_text(report: dict, options, out: Console) -> None:
-    from l7fp.bench import STAT_KEYS, TOPOLOGIES
+    from l7fp.bench import STAT_KEYS, TOPOLOGIES, ratios_key
 
-    for index, topology in enumerate(options.topologies):
+    for topology in options.topologies:
         table = Table("mode", "rps", "p50", "p99", "non-2xx", "note",
                       title=f"wrk -t1 -c{options.connections} -d{options.duration}s GET {options.path}, "
                             f"{options.backend} backend, {TOPOLOGIES[topology]}")
@@ -416,7 +416,7 @@ def _bench_text(report: dict, options, out: Console) -> None:
             table.add_row(mode, f"{r['rps']:,.0f}", f"{r['p50_us']:,.0f} µs", f"{r['p99_us']:,.0f} µs",
                           str(r["non_2xx"]), note)
         out.print(table)
-        for key, value in report["ratios" if index == 0 else f"ratios_{topology}"].items():
+        for key, value in report[ratios_key(options.topologies, topology)].items():
             out.print(f"  {key}: {'n/a' if value is None else value}", highlight=False)
 
 

@@ -77,7 +77,8 @@ def assess(path: Path, prove: bool, budget: Budget) -> Document:
         return doc
     doc.parsed = True
     components = offload.classify(policy)
-    kernel, lowered = lower(compile_policy(policy))
+    report = verify(policy, budget) if prove else None
+    kernel, lowered = lower(report.dag if report else compile_policy(policy))  # the proof's DAG when there is one
     doc.punts = list(dict.fromkeys(
         [reason for c in components if c.status in (offload.PUNT, offload.PARTIAL) for reason in c.reasons]
         + [f"kernel: {x.reason}" for x in lowered]))
@@ -85,8 +86,7 @@ def assess(path: Path, prove: bool, budget: Budget) -> Document:
     doc.fast_path = decides
     doc.fast_path_full = decides and not lowered and all(
         c.status not in (offload.PUNT, offload.PARTIAL) for c in components)
-    if prove:
-        doc.verdict = verify(policy, budget).verdict
+    doc.verdict = report.verdict if report else None
     return doc
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -76,8 +77,8 @@ class Divergence:
 class Campaign:
     oracles: list[str]
     executed: int = 0
-    decided: dict[str, int] = field(default_factory=dict)  # per oracle: requests it answered
-    abstained: dict[str, dict[str, int]] = field(default_factory=dict)  # per oracle: reason -> count
+    decided: Counter = field(default_factory=Counter)  # per oracle: requests it answered
+    abstained: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # per oracle, by reason
     divergences: list[Divergence] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
 
@@ -89,10 +90,10 @@ class Campaign:
     def count(self, answers: dict[str, "Answer"]) -> None:
         self.executed += 1
         for name, answer in answers.items():
-            self.decided[name] = self.decided.get(name, 0) + (answer.outcome is not None)
             if answer.outcome is None:
-                reasons = self.abstained.setdefault(name, {})
-                reasons[answer.abstained] = reasons.get(answer.abstained, 0) + 1
+                self.abstained[name][answer.abstained] += 1
+            else:
+                self.decided[name] += 1
 
 
 class _Found(Exception):
@@ -131,15 +132,15 @@ class _Oracles:
         if self.envoy is not None:
             self.envoy.close()
 
-    def _request(self, r: RawRequest) -> Request:
-        return Request(r.raw, source=(r.source_ip, 40000), destination=(r.destination_ip, self.listener_port))
+    def answers(self, r: RawRequest) -> dict[str, Answer]:
+        """Each oracle's answer to one request (the bytes parsed into fields once)."""
+        request = Request(r.raw, source=(r.source_ip, 40000), destination=(r.destination_ip, self.listener_port))
+        fields = from_request(request, r.destination_ip) if {"dag", "kernel"} & set(self.names) else None
+        return {name: self._answer(name, r, request, fields) for name in self.names}
 
-    def _fields(self, r: RawRequest) -> FieldRequest | None:
-        return from_request(self._request(r), r.destination_ip)
-
-    def answer(self, name: str, r: RawRequest) -> Answer:
+    def _answer(self, name: str, r: RawRequest, request: Request, fields: FieldRequest | None) -> Answer:
         if name == "reference":
-            outcome, why = interpret_or_reason(self.policy, self._request(r))
+            outcome, why = interpret_or_reason(self.policy, request)
             return Answer(outcome, f"unmodelled: {why}" if outcome is None else "")
         if name == "envoy":
             if not ipaddress.ip_address(r.source_ip).is_loopback:
@@ -148,7 +149,6 @@ class _Oracles:
                 return Answer(self.envoy.outcome(r.raw, source_ip=r.source_ip))
             except TimeoutError:
                 return Answer(None, "no answer in time (Envoy waits for the rest of the request)")
-        fields = self._fields(r)
         if name == "dag":
             if fields is None:
                 return Answer(None, "outside the field model (the codec answers)")
@@ -195,7 +195,7 @@ def run_campaign(policy: ir.Policy, oracles: list[str], max_examples: int = 200,
                   suppress_health_check=list(HealthCheck))
         @given(raw_requests(policy))
         def probe(request: RawRequest):
-            answers = {name: running.answer(name, request) for name in campaign.oracles}
+            answers = running.answers(request)
             campaign.count(answers)  # shrinking runs count too: they were executed
             if progress:
                 progress(campaign.executed)

@@ -25,6 +25,11 @@ UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE""".split())
 AUTHORITY_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b'"#/<>?\\^`{|}')
 
 
+def valid_authority(text: str) -> bool:
+    """Whether the codec accepts `text` as an authority (AUTHORITY_BYTES)."""
+    return all(ord(c) in AUTHORITY_BYTES for c in text)
+
+
 def joined_host(values) -> str:
     """The :authority Envoy makes of the Host values: joined with ',', empty values skipped
     (measured, docs/bugs/0005: `Host: A` + `Host: ` gives `A`, `A`, ``, `B` gives `A,B`)."""
@@ -126,7 +131,7 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
         if not absolute:
             return CodecReply(400, "http1.codec_error")
         absolute_authority = absolute.group(2).decode("latin-1")
-        if any(ord(c) not in AUTHORITY_BYTES for c in absolute_authority):
+        if not valid_authority(absolute_authority):
             return CodecReply(400, "http1.invalid_url")  # at the request line, before the 426
         target = absolute.group(3) or b"/"
         if not target.startswith((b"/", b"?")):
@@ -185,8 +190,7 @@ def parse_request(raw: bytes, max_headers_kb: int = 60, max_headers_count: int =
     # Host, checked once the headers are complete: after the framing headers (a 501 wins) and the
     # 426, before any body arrives (measured). With an absolute-form target the URL's authority
     # (checked above) is used and Host is not looked at.
-    if absolute_authority is None and any(ord(c) not in AUTHORITY_BYTES
-                                          for c in joined_host(v for n, v in headers if n == "host")):
+    if absolute_authority is None and not valid_authority(joined_host(v for n, v in headers if n == "host")):
         return CodecReply(400, "http1.invalid_authority")
     if transfer:
         body = _chunked_body(rest)
