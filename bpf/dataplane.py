@@ -5,17 +5,22 @@ What it does, per downstream connection (docs/dataplane.md has the picture and t
 
 1. accept; open one upstream connection per cluster the kernel may forward to; write the
    connection's state (addresses) into `conns`; put the upstreams and then the client into the
-   SOCKHASH (keys {cookie, slot}), and read once from the client so bytes that arrived before it was
-   in the map go through the verdict too;
+   SOCKHASH (keys {cookie, slot}), and read once from the client: bytes that arrived before it was
+   in the map never met the program, and go to Envoy;
 2. the kernel decides each request (bpf/c/sk_skb.c): forwards are redirected socket to socket in
-   the kernel, responses come back the same way; the agent sees no bytes of them;
-3. local replies: the kernel passes the request to this agent, which writes Envoy's exact reply
-   (semantics/wire.py) and acknowledges it in `acks`;
-4. punts: every byte of the connection from then on comes to the agent, which relays it to the
-   supervised Envoy (PROXY protocol v1 carries the client's addresses, so Envoy's RBAC sees them).
+   the kernel, responses come back the same way; the agent neither sees their bytes nor wakes for
+   them (it watches fast-path sockets for hang-ups only);
+3. local replies: the kernel passes the request to this agent and says so in the `for_agent` ring;
+   the agent watches that client, writes Envoy's exact reply (semantics/wire.py) and acknowledges it
+   in `acks`;
+4. punts: the same record; every byte of the connection from then on comes to the agent, which
+   relays it to the supervised Envoy (PROXY protocol v1 carries the client's addresses, so Envoy's
+   RBAC sees them).
 
 Admin endpoint (`/stats?format=json`): `fast_path` (requests decided in kernel), `local_replies_in_kernel`
-(of those, local replies), `forwarded_in_kernel`, `punted` and `punts` by reason, `connections`.
+(of those, local replies), `forwarded_in_kernel`, `punted` and `punts` by reason, `connections`,
+`agent_wakeups` (times the agent woke with work: accepts, replies, punts, hang-ups; not per fast-path
+request).
 """
 from __future__ import annotations
 
@@ -136,19 +141,30 @@ class _Connection:
 
 
 class _Readiness:
-    """The agent's epoll. Sockets in the SOCKHASH are registered edge-triggered: on this kernel
-    (6.18), once the sk_skb program has taken a socket's bytes, poll keeps reporting it readable
-    (measured: 160k wake-ups a second of the level-triggered loop while every request went through
-    the kernel, with nothing to read, spinning a core the fast path needs). Edge-triggered, the agent
-    wakes when bytes arrive and reads until EAGAIN (`_received`)."""
+    """The agent's epoll. Sockets in the SOCKHASH are edge-triggered and, while their connection is
+    on the fast path, watched for hang-ups only: on this kernel (6.18) the socket's data_ready fires
+    for every segment the sk_skb program took (a wake-up per request, for nothing; level-triggered,
+    poll kept reporting them readable: 160k wake-ups a second). The program says which connections
+    left bytes for the agent (`for_agent`), and only those are watched for bytes (`watch_bytes`)."""
+
+    HANGUPS = select.EPOLLRDHUP | select.EPOLLET
+    BYTES = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
     def __init__(self):
         self._epoll = select.epoll()
         self._registered: dict[int, object] = {}
 
-    def register(self, sock: socket.socket, data, edge: bool = False) -> None:
-        self._epoll.register(sock.fileno(), select.EPOLLIN | (select.EPOLLET if edge else 0))
-        self._registered[sock.fileno()] = (sock, data)
+    def register(self, sock, data, events: int = select.EPOLLIN) -> None:
+        """Watch `sock` (a socket, or a bare fd such as a ring buffer's) for `events`."""
+        fd = sock if isinstance(sock, int) else sock.fileno()
+        self._epoll.register(fd, events)
+        self._registered[fd] = (sock, data)
+
+    def watch_bytes(self, sock: socket.socket, on: bool) -> None:
+        """Wake for bytes on `sock` too (on), or for hang-ups only. Turning it on reports bytes that
+        are already queued: epoll re-checks readiness on modify."""
+        if sock.fileno() in self._registered:
+            self._epoll.modify(sock.fileno(), self.BYTES if on else self.HANGUPS)
 
     def unregister(self, sock: socket.socket) -> None:
         if self._registered.pop(sock.fileno(), None) is not None:
@@ -189,10 +205,14 @@ class DataPlane:
         loaded = load_program(program, "sk_skb", "data plane")
         self.module, self.stats = loaded.module, loaded.stats
         self._conns, self._acks, self._peers = self.module["conns"], self.module["acks"], self.module["peers"]
-        self._counts = self.module["counts"]
+        self._counts, self._lost = self.module["counts"], self.module["lost"]
+        self._lost_seen, self._lost_checked = 0, time.monotonic()
+        self._signalled: list[int] = []  # cookies from `for_agent`, filled by bcc's ring callback
         self.agent_punts: dict[str, int] = {}
         self.connections = 0
+        self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
         self._by_fd: dict[int, _Connection] = {}
+        self._by_cookie: dict[int, _Connection] = {}
         self._stopping = threading.Event()
         # From here on every step has something for close() to undo.
         self._entry = self.slow = self.listener = self.admin = self.readiness = None
@@ -221,6 +241,9 @@ class DataPlane:
         self.listener.setblocking(False)
         self.readiness = _Readiness()
         self.readiness.register(self.listener, ("accept", None))
+        ring = self.module["for_agent"]
+        ring.open_ring_buffer(self._on_record)
+        self.readiness.register(ring.map_fd, ("signals", None))
         self.admin = _AdminServer(admin, self) if admin else None
 
     # ---- map plumbing -------------------------------------------------------------------------
@@ -258,13 +281,15 @@ class DataPlane:
             back.cookie, back.slot = cookie, 0
             self._peers[ct.c_uint64(_cookie(upstream))] = back
             self._insert(upstream, cookie, slot)
-            self.readiness.register(upstream, ("upstream", conn), edge=True)
+            # Upstream bytes always go back to the client in the kernel: only a hang-up is news.
+            self.readiness.register(upstream, ("upstream", conn), _Readiness.HANGUPS)
         self._conns[ct.c_uint64(cookie)] = connection_state(self._conns, peer[0], local[0])
         client.setblocking(False)
         self._insert(client, cookie, 0)
         self._by_fd[client.fileno()] = conn
-        self.readiness.register(client, ("client", conn), edge=True)
-        # Bytes queued before the insert go through the verdict once the socket is read.
+        self._by_cookie[cookie] = conn
+        self.readiness.register(client, ("client", conn), _Readiness.HANGUPS)
+        # Bytes queued before the insert never met the program: read them once, here.
         self._on_client(conn)
 
     def _on_client(self, conn: _Connection) -> None:
@@ -273,23 +298,64 @@ class DataPlane:
                 self._close(conn)
                 return
             self._handle(conn, data)
+        if conn.envoy is None and conn.client.fileno() in self._by_fd and not self._owed(conn)[0]:
+            # Back on the fast path, nothing owed: the next bytes for the agent come with a record.
+            self.readiness.watch_bytes(conn.client, False)
+
+    def _on_record(self, _ctx, data, _size) -> int:
+        self._signalled.append(ct.cast(data, ct.POINTER(ct.c_uint64)).contents.value)
+        return 0
+
+    def _on_signals(self) -> None:
+        """The program left bytes for the agent on these connections: watch their clients for bytes
+        (the record is written before the bytes are queued: the watch catches them either way)."""
+        self.module.ring_buffer_consume()
+        cookies, self._signalled = self._signalled, []
+        for cookie in dict.fromkeys(cookies):
+            conn = self._by_cookie.get(cookie)
+            if conn is not None:
+                self.readiness.watch_bytes(conn.client, True)
+
+    def _check_lost_records(self) -> None:
+        """A full ring drops records (counted in `lost`): then read every connection, so nothing
+        the program passed to the agent waits for a record that never comes."""
+        now = time.monotonic()
+        if now - self._lost_checked < 0.2:
+            return
+        self._lost_checked = now
+        lost = int(self._lost[ct.c_int(0)].value)
+        if lost != self._lost_seen:
+            self._lost_seen = lost
+            for conn in list(self._by_fd.values()):
+                self.readiness.watch_bytes(conn.client, True)
 
     def _handle(self, conn: _Connection, data: bytes) -> None:
         if conn.envoy is not None:
             conn.envoy.sendall(data)
             return
+        owed, state = self._owed(conn)
+        if owed and state.mode != MODE_PUNTED:
+            reply = self._reply_bytes(self.program.verdicts[state.reply], data)
+            if reply is not None:
+                # The reply enters the socket before the acknowledgement (answers stay in order: a
+                # response the kernel forwards later queues behind it), and leaves only after it:
+                # corked, so the client cannot send its next request before the kernel knows the
+                # reply was written (that request would punt as "reply pending").
+                conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                conn.client.sendall(reply)
+                self._acks[ct.c_uint64(conn.cookie)] = ct.c_uint32(state.replies)
+                conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                return
+        self._punt(conn, data)
+
+    def _owed(self, conn: _Connection):
+        """(whether the program passed this connection's bytes to the agent: a reply not yet
+        acknowledged, or the punt; the connection's state). The program updates the state before it
+        writes the record that sends the agent here."""
         key = ct.c_uint64(conn.cookie)
         state = self._conns[key]
         acked = self._acks.get(key)
-        acked = acked.value if acked is not None else 0
-        if state.mode != MODE_PUNTED and state.replies != acked:
-            verdict = self.program.verdicts[state.reply]
-            reply = self._reply_bytes(verdict, data)
-            if reply is not None:
-                conn.client.sendall(reply)
-                self._acks[key] = ct.c_uint32(state.replies)
-                return
-        self._punt(conn, data)
+        return state.mode == MODE_PUNTED or state.replies != (acked.value if acked is not None else 0), state
 
     def _reply_bytes(self, verdict, request: bytes) -> bytes | None:
         """Envoy's reply for a reply verdict, or None when the agent hands the request to Envoy."""
@@ -314,6 +380,7 @@ class DataPlane:
             self._close(conn)
             return
         self.readiness.register(conn.envoy, ("envoy", conn))
+        self.readiness.watch_bytes(conn.client, True)  # from now on every byte is the agent's
         conn.envoy.sendall(data)
 
     def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
@@ -330,6 +397,7 @@ class DataPlane:
     def _close(self, conn: _Connection) -> None:
         if self._by_fd.pop(conn.client.fileno(), None) is None:
             return
+        self._by_cookie.pop(conn.cookie, None)
         for sock in conn.sockets():
             self.readiness.unregister(sock)
         for upstream in conn.upstreams:
@@ -348,13 +416,18 @@ class DataPlane:
     # ---- loop ---------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         while not self._stopping.is_set():
-            for sock, (kind, conn) in self.readiness.ready(timeout=0.2):
+            ready = self.readiness.ready(timeout=0.2)
+            self.agent_wakeups += bool(ready)
+            for sock, (kind, conn) in ready:
                 if kind == "accept":
                     self._accept()
+                elif kind == "signals":
+                    self._on_signals()
                 elif kind == "client":
                     self._on_client(conn)
                 else:
                     self._on_peer(conn, sock)
+            self._check_lost_records()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -406,7 +479,7 @@ class DataPlane:
         agent = sum(self.agent_punts.values())
         return {"fast_path": forwarded + replies - agent, "forwarded_in_kernel": forwarded,
                 "local_replies_in_kernel": replies - agent, "punted": sum(punts.values()), "punts": punts,
-                "connections": self.connections,
+                "connections": self.connections, "agent_wakeups": self.agent_wakeups,
                 "programs": [{"name": s.name, "verified_insns": s.verified_insns} for s in self.stats]}
 
 

@@ -4,12 +4,14 @@ MEASURES, in one run, requests/s and p50/p99 latency (wrk -t1 -c<N> --latency, k
 topologies:
     single  wrk -> proxy -> backend             (one proxy hop: an ingress or a sidecar)
     mesh    wrk -> proxy -> proxy -> backend    (two hops: client sidecar, then server sidecar)
-with each proxy being Envoy 1.40 (RBAC ALLOW + router, --concurrency 1) or `l7fp run` on the same
+with each proxy being Envoy 1.40 (RBAC ALLOW + router, --concurrency 1 unless `envoy_concurrency`
+says otherwise: one worker, as a sidecar is usually given) or `l7fp run` on the same
 config, and `direct` (wrk -> backend) as the floor. Then the ratios of DESIGN's `l7fp bench`
 contract per topology: rps_l7fp_over_envoy, p50_latency_envoy_over_l7fp, p50_latency_l7fp_over_direct.
 The policy allows GET on path prefix /api; the default request path /api/bench is allowed, so every
 request is forwarded. For l7fp the admin /stats?format=json of every hop (fast_path, punted,
-local_replies_in_kernel) is read after the load, to show the requests were decided in kernel.
+local_replies_in_kernel, agent_wakeups) is read after the load, to show the requests were decided in
+kernel without waking the agent.
 
 BACKEND: answers 200 with a 3-byte body and Content-Length. Default: a raw asyncio protocol in a
 child process (bodiless requests only, which is all that is sent here). `backend="envoy"` uses an
@@ -45,7 +47,7 @@ BIN = Path(sys.executable).parent
 MODES = ("direct", "envoy", "l7fp")
 TOPOLOGIES = {"single": "single proxy hop, loopback", "mesh": "two-hop mesh (client -> proxy -> proxy -> backend), loopback"}
 HOPS = {"single": 1, "mesh": 2}
-STAT_KEYS = ("fast_path", "punted", "local_replies_in_kernel")
+STAT_KEYS = ("fast_path", "punted", "local_replies_in_kernel", "agent_wakeups")
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
 # Envoy v3 bootstrap, in the style of examples/bookstore/envoy.yaml. $filters: extra HTTP filters.
 BOOTSTRAP = Template("""\
@@ -167,9 +169,9 @@ def wait_port(proc, port, what, errfile, timeout=15.0):
     raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
-def start_envoy(work, name, config, port, procs):
+def start_envoy(work, name, config, port, procs, concurrency=1):
     (path := work / f"{name}.yaml").write_text(config)
-    cmd = [tool("envoy"), "-c", str(path), "--concurrency", "1", "-l", "error", "--disable-hot-restart"]
+    cmd = [tool("envoy"), "-c", str(path), "--concurrency", str(concurrency), "-l", "error", "--disable-hot-restart"]
     wait_port(spawn(cmd, work / f"{name}.log", procs), port, f"Envoy ({name}, {path})", work / f"{name}.log")
 
 
@@ -236,6 +238,7 @@ class BenchOptions:
     backend: str = "python"
     topologies: tuple[str, ...] = ("single", "mesh")
     modes: tuple[str, ...] = MODES
+    envoy_concurrency: int = 1  # worker threads of each Envoy proxy (the backend Envoy keeps one)
 
 
 def _stats(admin: str) -> dict:
@@ -253,7 +256,7 @@ def measure(mode: str, hops: int, options: BenchOptions, work: Path, backend_por
                 upstream, port = port, free_port()
                 config = policy_config(port, upstream)
                 if mode == "envoy":
-                    start_envoy(work, f"envoy-hop{hop}", config, port, procs)
+                    start_envoy(work, f"envoy-hop{hop}", config, port, procs, options.envoy_concurrency)
                 else:
                     admins.append(admin := f"127.0.0.1:{free_port()}")
                     start_l7fp(work, f"l7fp-hop{hop}", config, port, admin, procs)
@@ -305,7 +308,8 @@ def run_bench(options: BenchOptions, progress=lambda text: None) -> dict:
         finally:
             stop_all(backend)
     out = {"duration_s": options.duration, "connections": options.connections, "path": options.path,
-           "backend": options.backend, "results": results, "errors": errors}
+           "backend": options.backend,
+           "envoy_concurrency": options.envoy_concurrency, "results": results, "errors": errors}
     for topology in options.topologies:
         out[ratios_key(options.topologies, topology)] = ratios(results[topology], topology)
     return out

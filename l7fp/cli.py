@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--topology", default="single,mesh", help="comma list of single,mesh (default both)")
     bench.add_argument("--only", default="direct,envoy,l7fp", help="comma list of direct,envoy,l7fp (default all)")
     bench.add_argument("--path", default="/api/bench", help="request path (default /api/bench: allowed)")
+    bench.add_argument("--envoy-concurrency", type=int, default=1, metavar="N",
+                       help="worker threads of each Envoy proxy (default 1, as a sidecar)")
     bench.add_argument("--backend", choices=("python", "envoy"), default="python",
                        help="asyncio child process (default, faster here) or an Envoy direct_response")
     bench.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
@@ -378,9 +380,9 @@ def cmd_bench(args, out: Console) -> int:
 
     options = BenchOptions(duration=3 if args.quick else args.duration, connections=args.connections, path=args.path,
                            backend=args.backend, topologies=_comma_list(args.topology, TOPOLOGIES, "--topology"),
-                           modes=_comma_list(args.only, MODES, "--only"))
-    if options.duration < 1 or options.connections < 1:
-        raise UsageError("--duration and --connections must be at least 1")
+                           modes=_comma_list(args.only, MODES, "--only"), envoy_concurrency=args.envoy_concurrency)
+    if min(options.duration, options.connections, options.envoy_concurrency) < 1:
+        raise UsageError("--duration, --connections and --envoy-concurrency must be at least 1")
     if "l7fp" in options.modes and os.geteuid() != 0:
         raise UsageError("l7fp bench runs `l7fp run`, which loads eBPF programs: run as root")
     err = Console(stderr=True)
@@ -404,7 +406,8 @@ def _bench_text(report: dict, options, out: Console) -> None:
     for topology in options.topologies:
         table = Table("mode", "rps", "p50", "p99", "non-2xx", "note",
                       title=f"wrk -t1 -c{options.connections} -d{options.duration}s GET {options.path}, "
-                            f"{options.backend} backend, {TOPOLOGIES[topology]}")
+                            f"{options.backend} backend, Envoy --concurrency {options.envoy_concurrency}, "
+                            f"{TOPOLOGIES[topology]}")
         for mode in options.modes:
             r = report["results"][topology].get(mode)
             if r is None:

@@ -10,6 +10,13 @@
  *   punt    -> the connection is marked punted and from then on every byte goes to the agent,
  *              which relays it to Envoy.
  * A request that arrives while a reply is unacknowledged punts, so answers never overtake each other.
+ *
+ * The agent does not watch sockets for bytes while their connection is on the fast path (each
+ * segment's data_ready would wake it once per request, for nothing): every verdict that leaves bytes
+ * for it (a reply, the punt) updates the connection's state, then writes its cookie to `for_agent`,
+ * and the agent then watches that socket until the state says it owes nothing. The record precedes
+ * the bytes, the state precedes the record: the watch catches the bytes whenever they land.
+ * A record the ring cannot take is counted in `lost`, and the agent then reads every connection.
  */
 struct sock_key {
     u64 cookie;
@@ -27,6 +34,8 @@ BPF_HASH(acks, u64, u32, 16384);
 BPF_ARRAY(tables, struct tables, 1);
 BPF_PROG_ARRAY(progs, 2);
 BPF_PERCPU_ARRAY(counts, u64, N_VERDICTS);
+BPF_RINGBUF_OUTPUT(for_agent, 16);
+BPF_ARRAY(lost, u64, 1);
 
 static __always_inline void l7fp_count(u32 v)
 {
@@ -36,10 +45,21 @@ static __always_inline void l7fp_count(u32 v)
         *n += 1;
 }
 
-static __always_inline int l7fp_punt(struct conn *c, u32 v)
+static __always_inline void l7fp_tell_agent(u64 cookie)
+{
+    if (for_agent.ringbuf_output(&cookie, sizeof(cookie), 0) < 0) {
+        u32 zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+static __always_inline int l7fp_punt(struct conn *c, u64 cookie, u32 v)
 {
     c->mode = MODE_PUNTED;
     c->punt = v;
+    l7fp_tell_agent(cookie);
     l7fp_count(v);
     return SK_PASS;
 }
@@ -73,12 +93,12 @@ int l7fp_entry(struct __sk_buff *skb)
         return SK_PASS;
     u32 *acked = acks.lookup(&cookie);
     if (c->replies != (acked ? *acked : 0))
-        return l7fp_punt(c, V_REPLY_PENDING);
+        return l7fp_punt(c, cookie, V_REPLY_PENDING);
     if (l7fp_load(skb, c) < 0)
-        return l7fp_punt(c, V_INCOMPLETE);
+        return l7fp_punt(c, cookie, V_INCOMPLETE);
     l7fp_scan(c, t);
     progs.call(skb, 0);
-    return l7fp_punt(c, V_NO_STATE);
+    return l7fp_punt(c, cookie, V_NO_STATE);
 }
 
 static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const struct tables *t, u64 cookie, u32 v)
@@ -88,19 +108,20 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
     if (kind == KIND_FORWARD) {
         struct sock_key up = {.cookie = cookie, .slot = word & 0xffff, .pad = 0};
         if (sockets.sk_redirect_hash(skb, &up, 0) != SK_PASS)
-            return l7fp_punt(c, V_NO_UPSTREAM);
+            return l7fp_punt(c, cookie, V_NO_UPSTREAM);
         l7fp_count(v);
         return SK_PASS;
     }
     if (kind == KIND_REPLY) {
         if (c->end != c->pos[P_HEADEND])
-            return l7fp_punt(c, V_REPLY_WITH_BODY);
+            return l7fp_punt(c, cookie, V_REPLY_WITH_BODY);
         c->replies += 1;
         c->reply = v;
+        l7fp_tell_agent(cookie);
         l7fp_count(v);
         return SK_PASS;
     }
-    return l7fp_punt(c, v);
+    return l7fp_punt(c, cookie, v);
 }
 
 int l7fp_frame_request(struct __sk_buff *skb)
@@ -112,9 +133,9 @@ int l7fp_frame_request(struct __sk_buff *skb)
         return SK_PASS;
     u32 v = l7fp_frame(c, t, skb->len);
     if (v != V_OK)
-        return l7fp_punt(c, v);
+        return l7fp_punt(c, cookie, v);
     progs.call(skb, 1);
-    return l7fp_punt(c, V_NO_STATE);
+    return l7fp_punt(c, cookie, V_NO_STATE);
 }
 
 int l7fp_decide(struct __sk_buff *skb)

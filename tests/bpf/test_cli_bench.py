@@ -1,7 +1,7 @@
 """`l7fp bench` as a command: it runs direct, Envoy and `l7fp run` under wrk and reports figures,
 kernel counters and ratios in the contract's JSON shape. Nothing here asserts a speed (benchmarks,
 not tests, check the targets); it asserts that every measured request was answered and that the
-l7fp hops decided them in kernel. Needs root, wrk and envoy; CI runs as root."""
+l7fp hops decided them in kernel without waking their agents per request. Needs root, wrk and envoy; CI runs as root."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ def test_bench_json_shape_and_kernel_counters(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert json.loads((tmp_path / "bench.json").read_text()) == report
-    assert report["errors"] == {}
+    assert report["errors"] == {} and report["envoy_concurrency"] == 1
     for topology, key in (("single", "ratios"), ("mesh", "ratios_mesh")):
         figures = report["results"][topology]
         assert set(figures) == {"direct", "envoy", "l7fp"}
@@ -31,6 +31,8 @@ def test_bench_json_shape_and_kernel_counters(tmp_path):
         hops = 1 if topology == "single" else 2
         assert figures["l7fp"]["stats"]["fast_path"] >= hops * figures["l7fp"]["requests"], figures["l7fp"]
         assert figures["l7fp"]["stats"]["punted"] == 0
+        # The agent wakes for accepts and hang-ups, not per request (docs/dataplane.md).
+        assert figures["l7fp"]["stats"]["agent_wakeups"] < figures["l7fp"]["requests"] / 20, figures["l7fp"]
         ratios = report[key]
         assert set(ratios) == {"rps_l7fp_over_envoy", "p50_latency_envoy_over_l7fp", "p50_latency_l7fp_over_direct",
                                "topology"}
@@ -40,3 +42,5 @@ def test_bench_json_shape_and_kernel_counters(tmp_path):
 def test_bench_usage_errors():
     result = subprocess.run([*L7FP, "bench", "--topology", "ring"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--topology" in result.stderr
+    result = subprocess.run([*L7FP, "bench", "--envoy-concurrency", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--envoy-concurrency" in result.stderr

@@ -12,6 +12,7 @@ denied one must never reach the upstream. Needs root, bpf() and the envoy binary
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import socket
 import time
 
@@ -111,3 +112,77 @@ def test_pipelined_denied_request_never_reaches_the_upstream(running):
     # answered it with a 200 naming /admin.
     assert received.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 403 Forbidden" in received, received
     assert b'"path": "/admin"' not in received
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole answer (head and Content-Length body) from a keep-alive connection; its head."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed before the answer"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_fast_path_requests_do_not_wake_the_agent(running):
+    """Forwards and local replies alternate on one connection: every answer is right, both kinds are
+    decided in kernel, and the agent wakes for the replies (the program's records) but not for the
+    forwards, nor for their responses. The client sends each request the moment it has read the
+    answer before (in this process it even shares the GIL with the agent's thread): a reply the
+    client could read before the agent acknowledged it would punt the next request."""
+    r = running("02_rbac_deny_normalized.yaml")
+    allowed = b"GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    denied = b"GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+    def ask(sock, raw):
+        sock.sendall(raw)
+        return _read_answer(sock).split(b" ")[1]
+
+    with socket.create_connection(r.address, timeout=5) as sock:
+        assert ask(sock, allowed) == b"200"  # the accept and the first bytes wake the agent
+        before = r.plane.counters()
+        assert [ask(sock, allowed) for _ in range(200)] == [b"200"] * 200
+        forwards_only = r.plane.counters()
+        assert [ask(sock, raw) for _ in range(100) for raw in (allowed, denied)] == [b"200", b"403"] * 100
+        after = r.plane.counters()
+    assert forwards_only["forwarded_in_kernel"] - before["forwarded_in_kernel"] == 200
+    assert forwards_only["agent_wakeups"] - before["agent_wakeups"] < 10, (before, forwards_only)
+    assert after["punted"] == before["punted"], after["punts"]
+    assert after["forwarded_in_kernel"] - forwards_only["forwarded_in_kernel"] == 100
+    assert after["local_replies_in_kernel"] - forwards_only["local_replies_in_kernel"] == 100
+    # Each reply costs the agent a record and its bytes: a few wake-ups, never one per forward.
+    assert after["agent_wakeups"] - forwards_only["agent_wakeups"] <= 4 * 100
+
+
+def test_a_lost_record_is_recovered(running):
+    """When the ring drops the program's record (full), the request is not stranded: the program
+    counts the loss and the agent then reads every connection."""
+    r = running("02_rbac_deny_normalized.yaml")
+    plane = r.plane
+    denied = b"GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+    def drop_records():  # what a full ring does: the record never reaches the agent
+        plane.module.ring_buffer_consume()
+        plane._signalled.clear()
+
+    plane._on_signals = drop_records
+    try:
+        with socket.create_connection(r.address, timeout=5) as sock:
+            # A first request, so that the denied one meets the program, not the agent's first read.
+            sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+            sock.sendall(denied)
+            sock.settimeout(0.8)
+            with pytest.raises(TimeoutError):  # without its record, nothing answers the reply
+                sock.recv(65536)
+            lost = plane.module["lost"]
+            lost[ct.c_int(0)] = ct.c_uint64(lost[ct.c_int(0)].value + 1)
+            sock.settimeout(5)
+            assert _read_answer(sock).startswith(b"HTTP/1.1 403 ")
+    finally:
+        del plane._on_signals
