@@ -50,6 +50,7 @@ from .loader import connection_state, load_program
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
+UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 _PROXY_PROTOCOL = {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}
 
@@ -208,7 +209,8 @@ class DataPlane:
         self._counts, self._lost = self.module["counts"], self.module["lost"]
         self._lost_seen, self._lost_checked = 0, time.monotonic()
         self._signalled: list[int] = []  # cookies from `for_agent`, filled by bcc's ring callback
-        self.agent_punts: dict[str, int] = {}
+        self.agent_punts: dict[str, int] = {}  # local replies decided in kernel, handed to Envoy
+        self.unjudged_punts = 0  # connections whose bytes reached the agent without a verdict
         self.connections = 0
         self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
         self._by_fd: dict[int, _Connection] = {}
@@ -346,6 +348,8 @@ class DataPlane:
                 self._acks[ct.c_uint64(conn.cookie)] = ct.c_uint32(state.replies)
                 conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
                 return
+        if not owed:  # bytes the program never judged (it did not pass them): Envoy judges them
+            self.unjudged_punts += 1
         self._punt(conn, data)
 
     def _owed(self, conn: _Connection):
@@ -465,6 +469,8 @@ class DataPlane:
     def counters(self) -> dict:
         forwarded = replies = 0
         punts: dict[str, int] = dict(self.agent_punts)
+        if self.unjudged_punts:
+            punts[UNJUDGED] = self.unjudged_punts
         for v in self.program.verdicts:
             n = int(self._counts.sum(ct.c_int(v.code)).value)
             if not n:
