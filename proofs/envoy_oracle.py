@@ -138,6 +138,7 @@ class EchoBackend:
 
     def __init__(self, name: str):
         self.name = name
+        self.delay = 0.0  # seconds each answer waits (tests of answer order under pipelining)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -170,6 +171,8 @@ class EchoBackend:
                 # In a header as well as the body, so that HEAD requests (no body) are observed too.
                 echo = json.dumps(seen).encode("latin-1").hex().encode()
                 body = json.dumps({**seen, "headers": headers}).encode()
+                if self.delay:
+                    time.sleep(self.delay)
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                              + str(len(body)).encode() + b"\r\nx-l7fp-echo: " + echo + b"\r\n\r\n" + body)
         except OSError:

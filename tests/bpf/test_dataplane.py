@@ -7,12 +7,16 @@ sent to both, on a fresh connection from the same client address: the observable
 equal, and a local reply the kernel decided must be Envoy's bytes except the date. The kernel's
 counters must account for every request (decided in kernel, or punted with a reason) and show
 decisions in kernel. The pipelining test sends an allowed and a denied request in one write: the
-denied one must never reach the upstream. Needs root, bpf() and the envoy binary; CI runs as root.
+denied one must never reach the upstream. On one keep-alive connection, forwards must not wake the
+agent and local replies must stay in kernel; a record the ring drops must not strand a request.
+Pipelining across segments keeps Envoy's answer order only once docs/bugs/0008 is fixed (strict
+xfail). Needs root, bpf() and the envoy binary; CI runs as root.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import re
 import socket
 import time
 
@@ -186,3 +190,44 @@ def test_a_lost_record_is_recovered(running):
             assert _read_answer(sock).startswith(b"HTTP/1.1 403 ")
     finally:
         del plane._on_signals
+
+
+def _answers_to_two_segments(address, first: bytes, second: bytes) -> list[bytes]:
+    """Pipelining across segments: `second` is written 5 ms after `first`, before its answer."""
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(first)
+        time.sleep(0.005)
+        sock.sendall(second)
+        received, deadline = b"", time.monotonic() + 3
+        while received.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    # Each answer: its status and, for the echo backends' answers, the path they echo.
+    return [(part[:3], *re.findall(rb'"path": "([^"]*)"', part)[:1]) for part in received.split(b"HTTP/1.1 ")[1:]]
+
+
+ALLOWED_02 = b"GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n"
+DENIED_02 = b"GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+@pytest.mark.xfail(strict=True, reason="docs/bugs/0008: an answer overtakes the response to an earlier forwarded "
+                                       "request when the two requests arrive in separate segments")
+@pytest.mark.parametrize("config,first,second,slow", [
+    ("02_rbac_deny_normalized.yaml", ALLOWED_02, DENIED_02, "app"),  # forward, then a local reply
+    ("03_routing.yaml", b"GET /v1/a HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+     b"GET /healthz HTTP/1.1\r\nHost: api.example.com\r\n\r\n", "v1"),  # two clusters
+], ids=["then-local-reply", "then-other-cluster"])
+def test_pipelined_answers_across_segments_keep_envoys_order(running, config, first, second, slow):
+    r = running(config)
+    backend = r.envoy.backends[slow]
+    backend.delay = 0.05  # the first upstream answers after the second request has arrived
+    try:
+        want = _answers_to_two_segments(r.envoy.address, first, second)
+        got = _answers_to_two_segments(r.address, first, second)
+    finally:
+        backend.delay = 0.0
+    assert len(want) == 2  # Envoy 1.40.0 answers both, in request order (RFC 9112 section 9.3.2)
+    assert got == want
