@@ -10,9 +10,9 @@ What it does, per downstream connection (docs/dataplane.md has the picture and t
 2. the kernel decides each request (bpf/c/sk_skb.c): forwards are redirected socket to socket in
    the kernel, responses come back the same way; the agent neither sees their bytes nor wakes for
    them (it watches fast-path sockets for hang-ups only);
-3. local replies: the kernel passes the request to this agent and says so in the `for_agent` ring;
-   the agent watches that client, writes Envoy's exact reply (semantics/wire.py) and acknowledges it
-   in `acks`;
+3. local replies: the kernel passes the request to this agent and says so (with the connection's
+   state) in the `for_agent` ring; the agent reads that client, writes Envoy's exact reply
+   (semantics/wire.py) and acknowledges it in `acks`;
 4. punts: the same record; every byte of the connection from then on comes to the agent, which
    relays it to the supervised Envoy (PROXY protocol v1 carries the client's addresses, so Envoy's
    RBAC sees them).
@@ -136,9 +136,31 @@ class _Connection:
     local: tuple[str, int]
     upstreams: list[socket.socket] = field(default_factory=list)
     envoy: socket.socket | None = None  # set once the connection is punted
+    # What the program told the agent (records, bpf/c/sk_skb.c), and what the agent answered.
+    punted: bool = False
+    replies: int = 0  # local replies the program decided
+    reply: int = 0  # verdict of the last one
+    acked: int = 0  # replies written (the agent is the only writer of `acks`)
+
+    @property
+    def owed(self) -> bool:
+        """The program passed bytes to the agent that it has not handled: the punt, or a reply."""
+        return self.punted or self.replies != self.acked
+
+    def learn(self, punted: bool, replies: int, reply: int) -> None:
+        """Take a record (or the state in `conns`); one older than what is known is ignored (a
+        record still in the ring after `conns` itself was read)."""
+        self.punted = self.punted or punted
+        if 0 < (replies - self.replies) % 2**32 < 2**31:  # the program's u32 counter, newer
+            self.replies, self.reply = replies, reply
 
     def sockets(self) -> list[socket.socket]:
         return [self.client, *self.upstreams, *([self.envoy] if self.envoy else [])]
+
+
+class _AgentRecord(ct.Structure):  # struct agent_record, bpf/c/sk_skb.c
+    _fields_ = [("cookie", ct.c_uint64), ("mode", ct.c_uint32), ("replies", ct.c_uint32),
+                ("reply", ct.c_uint32), ("pad", ct.c_uint32)]
 
 
 class _Readiness:
@@ -154,21 +176,26 @@ class _Readiness:
     def __init__(self):
         self._epoll = select.epoll()
         self._registered: dict[int, object] = {}
+        self._watching: dict[int, bool] = {}  # fd -> watched for bytes (sockets in the SOCKHASH)
 
     def register(self, sock, data, events: int = select.EPOLLIN) -> None:
         """Watch `sock` (a socket, or a bare fd such as a ring buffer's) for `events`."""
         fd = sock if isinstance(sock, int) else sock.fileno()
         self._epoll.register(fd, events)
         self._registered[fd] = (sock, data)
+        self._watching[fd] = bool(events & select.EPOLLIN)
 
     def watch_bytes(self, sock: socket.socket, on: bool) -> None:
         """Wake for bytes on `sock` too (on), or for hang-ups only. Turning it on reports bytes that
         are already queued: epoll re-checks readiness on modify."""
-        if sock.fileno() in self._registered:
-            self._epoll.modify(sock.fileno(), self.BYTES if on else self.HANGUPS)
+        fd = sock.fileno()
+        if fd in self._registered and self._watching[fd] != on:
+            self._epoll.modify(fd, self.BYTES if on else self.HANGUPS)
+            self._watching[fd] = on
 
     def unregister(self, sock: socket.socket) -> None:
         if self._registered.pop(sock.fileno(), None) is not None:
+            self._watching.pop(sock.fileno(), None)
             self._epoll.unregister(sock.fileno())
 
     def ready(self, timeout: float) -> list:
@@ -208,7 +235,9 @@ class DataPlane:
         self._conns, self._acks, self._peers = self.module["conns"], self.module["acks"], self.module["peers"]
         self._counts, self._lost = self.module["counts"], self.module["lost"]
         self._lost_seen, self._lost_checked = 0, time.monotonic()
-        self._signalled: list[int] = []  # cookies from `for_agent`, filled by bcc's ring callback
+        self._records: list[tuple] = []  # from `for_agent`, appended by bcc's ring callback
+        self._told: dict[int, _Connection] = {}  # cookie -> connection a record named, to read
+        self._replies: dict[int, tuple[int, bytes]] = {}  # verdict code -> (second, reply bytes)
         self.agent_punts: dict[str, int] = {}  # local replies decided in kernel, handed to Envoy
         self.unjudged_punts = 0  # connections whose bytes reached the agent without a verdict
         self.connections = 0
@@ -229,6 +258,7 @@ class DataPlane:
 
         self._lib = lib
         self._sockets_fd = lib.bpf_table_fd(self.module.module, b"sockets")
+        self._conns_fd, self._acks_fd = self._conns.map_fd, self._acks.map_fd
         if lib.bpf_prog_attach(entry.fd, self._sockets_fd, BPF_SK_SKB_VERDICT, 0) < 0:
             raise DataPlaneError(f"cannot attach the sk_skb verdict program: {os.strerror(ct.get_errno())}")
         self._entry = entry
@@ -300,27 +330,44 @@ class DataPlane:
                 self._close(conn)
                 return
             self._handle(conn, data)
-        if conn.envoy is None and conn.client.fileno() in self._by_fd and not self._owed(conn)[0]:
-            # Back on the fast path, nothing owed: the next bytes for the agent come with a record.
-            self.readiness.watch_bytes(conn.client, False)
+        if conn.client.fileno() in self._by_fd:
+            # Watch for bytes while the program owes the agent some (a reply whose request has not
+            # come yet, or the punt); turning the watch on re-checks readiness, so bytes that land
+            # between the read above and here are seen. Nothing owed: the next come with a record.
+            self.readiness.watch_bytes(conn.client, conn.envoy is not None or conn.owed)
 
+    # ---- what the program tells the agent (bpf/c/sk_skb.c, `for_agent`) ------------------------
     def _on_record(self, _ctx, data, _size) -> int:
-        self._signalled.append(ct.cast(data, ct.POINTER(ct.c_uint64)).contents.value)
+        record = ct.cast(data, ct.POINTER(_AgentRecord)).contents
+        self._records.append((record.cookie, record.mode, record.replies, record.reply))
         return 0
 
-    def _on_signals(self) -> None:
-        """The program left bytes for the agent on these connections: watch their clients for bytes
-        (the record is written before the bytes are queued: the watch catches them either way)."""
+    def _apply_records(self) -> None:
+        """Take the ring's records into the connections' state, and queue those connections to be
+        read (`_read_told`)."""
         self.module.ring_buffer_consume()
-        cookies, self._signalled = self._signalled, []
-        for cookie in dict.fromkeys(cookies):
+        records, self._records = self._records, []
+        for cookie, mode, replies, reply in records:
             conn = self._by_cookie.get(cookie)
             if conn is not None:
-                self.readiness.watch_bytes(conn.client, True)
+                conn.learn(mode == MODE_PUNTED, replies, reply)
+                self._told[cookie] = conn
+
+    def _read_told(self) -> None:
+        """Read the connections the records named: usually their bytes are there already; if not,
+        `_on_client` watches for them (the record comes first)."""
+        while self._told:
+            self._on_client(self._told.popitem()[1])
+
+    def _refresh(self, conn: _Connection) -> None:
+        """The connection's state from `conns` itself: for a record the ring dropped."""
+        key, state = ct.c_uint64(conn.cookie), self._conns.Leaf()
+        if self._lib.bpf_lookup_elem(self._conns_fd, ct.byref(key), ct.byref(state)) == 0:
+            conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply)
 
     def _check_lost_records(self) -> None:
-        """A full ring drops records (counted in `lost`): then read every connection, so nothing
-        the program passed to the agent waits for a record that never comes."""
+        """A full ring drops records (counted in `lost`): then refresh and read every connection,
+        so nothing the program passed to the agent waits for a record that never comes."""
         now = time.monotonic()
         if now - self._lost_checked < 0.2:
             return
@@ -329,37 +376,41 @@ class DataPlane:
         if lost != self._lost_seen:
             self._lost_seen = lost
             for conn in list(self._by_fd.values()):
-                self.readiness.watch_bytes(conn.client, True)
+                self._refresh(conn)
+                self._told[conn.cookie] = conn
 
+    # ---- requests the program passed to the agent ---------------------------------------------
     def _handle(self, conn: _Connection, data: bytes) -> None:
         if conn.envoy is not None:
             conn.envoy.sendall(data)
             return
-        owed, state = self._owed(conn)
-        if owed and state.mode != MODE_PUNTED:
-            reply = self._reply_bytes(self.program.verdicts[state.reply], data)
+        if not conn.owed:
+            # The record that explains these bytes is in the ring (it precedes them), unless the
+            # ring dropped it: then `conns` says.
+            self._apply_records()
+            if not conn.owed:
+                self._refresh(conn)
+        if conn.owed and not conn.punted:
+            reply = self._reply_bytes(self.program.verdicts[conn.reply], data)
             if reply is not None:
                 # The reply enters the socket before the acknowledgement (answers stay in order: a
                 # response the kernel forwards later queues behind it), and leaves only after it:
-                # corked, so the client cannot send its next request before the kernel knows the
-                # reply was written (that request would punt as "reply pending").
-                conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                conn.client.sendall(reply)
-                self._acks[ct.c_uint64(conn.cookie)] = ct.c_uint32(state.replies)
-                conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                # held by MSG_MORE, pushed by re-setting TCP_NODELAY, so the client cannot send its
+                # next request before the kernel knows the reply was written (that request would
+                # punt as "reply pending").
+                conn.client.sendall(reply, socket.MSG_MORE)
+                self._acknowledge(conn)
+                conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return
-        if not owed:  # bytes the program never judged (it did not pass them): Envoy judges them
+        if not conn.owed:  # bytes the program never judged (it did not pass them): Envoy judges them
             self.unjudged_punts += 1
         self._punt(conn, data)
 
-    def _owed(self, conn: _Connection):
-        """(whether the program passed this connection's bytes to the agent: a reply not yet
-        acknowledged, or the punt; the connection's state). The program updates the state before it
-        writes the record that sends the agent here."""
-        key = ct.c_uint64(conn.cookie)
-        state = self._conns[key]
-        acked = self._acks.get(key)
-        return state.mode == MODE_PUNTED or state.replies != (acked.value if acked is not None else 0), state
+    def _acknowledge(self, conn: _Connection) -> None:
+        key, value = ct.c_uint64(conn.cookie), ct.c_uint32(conn.replies)
+        if self._lib.bpf_update_elem(self._acks_fd, ct.byref(key), ct.byref(value), 0) < 0:
+            raise OSError(ct.get_errno(), "reply acknowledgement")
+        conn.acked = conn.replies
 
     def _reply_bytes(self, verdict, request: bytes) -> bytes | None:
         """Envoy's reply for a reply verdict, or None when the agent hands the request to Envoy."""
@@ -370,9 +421,13 @@ class DataPlane:
         if leaf.location is None and (leaf.status == 201 or 300 <= leaf.status <= 399):
             self._agent_punt("direct response 201/3xx: Envoy adds the request URL as Location")
             return None
-        location = "".join(part[1] for part in leaf.location) if leaf.location else None
-        return wire.local_reply(leaf.status, leaf.body, head=False, date=wire.http_date(time.time()),
-                                location=location)
+        second = int(time.time())  # Envoy's date header has whole seconds: one build per second
+        cached = self._replies.get(verdict.code)
+        if cached is None or cached[0] != second:
+            location = "".join(part[1] for part in leaf.location) if leaf.location else None
+            cached = self._replies[verdict.code] = (second, wire.local_reply(
+                leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location))
+        return cached[1]
 
     def _agent_punt(self, reason: str) -> None:
         self.agent_punts[reason] = self.agent_punts.get(reason, 0) + 1
@@ -426,12 +481,13 @@ class DataPlane:
                 if kind == "accept":
                     self._accept()
                 elif kind == "signals":
-                    self._on_signals()
+                    self._apply_records()
                 elif kind == "client":
                     self._on_client(conn)
                 else:
                     self._on_peer(conn, sock)
             self._check_lost_records()
+            self._read_told()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -13,9 +13,10 @@
  *
  * The agent does not watch sockets for bytes while their connection is on the fast path (each
  * segment's data_ready would wake it once per request, for nothing): every verdict that leaves bytes
- * for it (a reply, the punt) updates the connection's state, then writes its cookie to `for_agent`,
- * and the agent then watches that socket until the state says it owes nothing. The record precedes
- * the bytes, the state precedes the record: the watch catches the bytes whenever they land.
+ * for it (a reply, the punt) updates the connection's state, then writes the cookie and that state
+ * to `for_agent`, and the agent then watches that socket until it owes nothing. The record precedes
+ * the bytes: the watch catches the bytes whenever they land, and bytes the agent reads are always
+ * explained by a record already in the ring.
  * A record the ring cannot take is counted in `lost`, and the agent then reads every connection.
  */
 struct sock_key {
@@ -45,9 +46,20 @@ static __always_inline void l7fp_count(u32 v)
         *n += 1;
 }
 
-static __always_inline void l7fp_tell_agent(u64 cookie)
+/* What the agent learns from a record: the connection's state just after the verdict (a copy, so
+ * the agent need not read `conns`, whose values carry the 4 KiB request buffer). */
+struct agent_record {
+    u64 cookie;
+    u32 mode;
+    u32 replies;
+    u32 reply;
+    u32 pad;
+};
+
+static __always_inline void l7fp_tell_agent(u64 cookie, const struct conn *c)
 {
-    if (for_agent.ringbuf_output(&cookie, sizeof(cookie), 0) < 0) {
+    struct agent_record r = {.cookie = cookie, .mode = c->mode, .replies = c->replies, .reply = c->reply, .pad = 0};
+    if (for_agent.ringbuf_output(&r, sizeof(r), 0) < 0) {
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
         if (n)
@@ -59,7 +71,7 @@ static __always_inline int l7fp_punt(struct conn *c, u64 cookie, u32 v)
 {
     c->mode = MODE_PUNTED;
     c->punt = v;
-    l7fp_tell_agent(cookie);
+    l7fp_tell_agent(cookie, c);
     l7fp_count(v);
     return SK_PASS;
 }
@@ -117,7 +129,7 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
             return l7fp_punt(c, cookie, V_REPLY_WITH_BODY);
         c->replies += 1;
         c->reply = v;
-        l7fp_tell_agent(cookie);
+        l7fp_tell_agent(cookie, c);
         l7fp_count(v);
         return SK_PASS;
     }

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from l7fp.bpf.codegen import generate
-from l7fp.bpf.dataplane import DataPlane
+from l7fp.bpf.dataplane import DataPlane, _Connection
 from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port, outcome_of, send_raw
 from l7fp.semantics.frontends import load_policy
 from l7fp.synth.compile import compile_policy
@@ -172,9 +172,9 @@ def test_a_lost_record_is_recovered(running):
 
     def drop_records():  # what a full ring does: the record never reaches the agent
         plane.module.ring_buffer_consume()
-        plane._signalled.clear()
+        plane._records.clear()
 
-    plane._on_signals = drop_records
+    plane._apply_records = drop_records
     try:
         with socket.create_connection(r.address, timeout=5) as sock:
             # A first request, so that the denied one meets the program, not the agent's first read.
@@ -189,7 +189,7 @@ def test_a_lost_record_is_recovered(running):
             sock.settimeout(5)
             assert _read_answer(sock).startswith(b"HTTP/1.1 403 ")
     finally:
-        del plane._on_signals
+        del plane._apply_records
 
 
 def _answers_to_two_segments(address, first: bytes, second: bytes) -> list[bytes]:
@@ -231,3 +231,22 @@ def test_pipelined_answers_across_segments_keep_envoys_order(running, config, fi
         backend.delay = 0.0
     assert len(want) == 2  # Envoy 1.40.0 answers both, in request order (RFC 9112 section 9.3.2)
     assert got == want
+
+
+def test_an_older_record_does_not_undo_what_the_agent_knows():
+    """Records and `conns` can reach the agent out of order (a record still in the ring after the
+    agent read `conns` for a dropped one): the newer state wins, a punt stays, the u32 wraps."""
+    conn = _Connection(client=None, cookie=1, peer=("127.0.0.1", 1), local=("127.0.0.1", 2))
+    assert not conn.owed
+    conn.learn(False, 5, 7)
+    assert conn.owed and (conn.replies, conn.reply) == (5, 7)
+    conn.acked = 5
+    conn.learn(False, 4, 3)
+    assert not conn.owed and (conn.replies, conn.reply) == (5, 7)
+    conn.learn(True, 5, 7)
+    conn.learn(False, 5, 7)
+    assert conn.punted and conn.owed
+    wrapping = _Connection(client=None, cookie=2, peer=("127.0.0.1", 1), local=("127.0.0.1", 2))
+    wrapping.replies = wrapping.acked = 2**32 - 1
+    wrapping.learn(False, 0, 9)
+    assert wrapping.owed and (wrapping.replies, wrapping.reply) == (0, 9)
