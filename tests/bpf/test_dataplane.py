@@ -8,7 +8,8 @@ equal, and a local reply the kernel decided must be Envoy's bytes except the dat
 counters must account for every request (decided in kernel, or punted with a reason) and show
 decisions in kernel. The pipelining test sends an allowed and a denied request in one write: the
 denied one must never reach the upstream. On one keep-alive connection, forwards must not wake the
-agent and local replies must stay in kernel; a record the ring drops must not strand a request.
+agent and local replies must stay in kernel, also with eight such clients at once; a record the
+ring drops must not strand a request.
 Pipelining across segments keeps Envoy's answer order only once docs/bugs/0008 is fixed (strict
 xfail). Needs root, bpf() and the envoy binary; CI runs as root.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import random
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -118,8 +121,9 @@ def test_pipelined_denied_request_never_reaches_the_upstream(running):
     assert b'"path": "/admin"' not in received
 
 
-def _read_answer(sock: socket.socket) -> bytes:
-    """One whole answer (head and Content-Length body) from a keep-alive connection; its head."""
+def _read_answer(sock: socket.socket, with_body: bool = False):
+    """One whole answer (head and Content-Length body) from a keep-alive connection: its head, or
+    (head, body)."""
     received = b""
     while b"\r\n\r\n" not in received:
         chunk = sock.recv(65536)
@@ -130,7 +134,7 @@ def _read_answer(sock: socket.socket) -> bytes:
                   if line.lower().startswith(b"content-length:"))
     while len(body) < length:
         body += sock.recv(65536)
-    return head
+    return (head, body) if with_body else head
 
 
 def test_fast_path_requests_do_not_wake_the_agent(running):
@@ -161,6 +165,37 @@ def test_fast_path_requests_do_not_wake_the_agent(running):
     assert after["local_replies_in_kernel"] - forwards_only["local_replies_in_kernel"] == 100
     # Each reply costs the agent a record and its bytes: a few wake-ups, never one per forward.
     assert after["agent_wakeups"] - forwards_only["agent_wakeups"] <= 4 * 100
+
+
+def test_concurrent_keep_alive_clients_get_their_own_answers(running):
+    """Eight keep-alive clients at once, each its own mix of forwards and local replies: the ring
+    carries records for many connections per wake-up, and every client still gets the answer to
+    each of its requests (the echo names the path), none punted."""
+    r = running("02_rbac_deny_normalized.yaml")
+    before = r.plane.counters()
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with socket.create_connection(r.address, timeout=5) as sock:
+            for i in range(150):
+                path = f"/api/{seed}-{i}" if rng.random() < 0.5 else f"/admin/{seed}-{i}"
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+                head, body = _read_answer(sock, with_body=True)
+                want = b"200" if path.startswith("/api/") else b"403"
+                if head.split(b" ")[1] != want or (want == b"200" and f'"path": "{path}"'.encode() not in body):
+                    failures.append(f"client {seed} request {i} {path}: {head[:40]!r}")
+                    return
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    after = r.plane.counters()
+    assert not failures, failures[:3]
+    assert after["fast_path"] - before["fast_path"] == 8 * 150
+    assert after["punted"] == before["punted"], after["punts"]
 
 
 def test_a_lost_record_is_recovered(running):
