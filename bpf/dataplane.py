@@ -3,10 +3,11 @@
 Used by the CLI (`l7fp run`), the demo (`make demo`), the kernel tests (tests/bpf/) and the bench.
 What it does, per downstream connection (docs/dataplane.md has the picture and the limits):
 
-1. accept; open one upstream connection per cluster the kernel may forward to; write the
-   connection's state (addresses) into `conns`; put the upstreams and then the client into the
-   SOCKHASH (keys {cookie, slot}), and read once from the client: bytes that arrived before it was
-   in the map never met the program, and go to Envoy;
+1. accept; connect one upstream per cluster the kernel may forward to (non-blocking; if one
+   fails or takes longer than `connect_timeout`, the connection is Envoy's, which answers as it
+   would); write the connection's state (addresses) into `conns`; put the upstreams and then the
+   client into the SOCKHASH (keys {cookie, slot}), and read the client once: bytes that arrived
+   before it was in the map go through the program then;
 2. the kernel decides each request (bpf/c/sk_skb.c): forwards are redirected socket to socket in
    the kernel, responses come back the same way; the agent neither sees their bytes nor wakes for
    them (it watches fast-path sockets for hang-ups only);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import errno
 import json
 import os
 import select
@@ -50,7 +52,9 @@ from .loader import connection_state, load_program
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
+# Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
+UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
 _PROXY_PROTOCOL = {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}
 
@@ -141,6 +145,8 @@ class _Connection:
     replies: int = 0  # local replies the program decided
     reply: int = 0  # verdict of the last one
     acked: int = 0  # replies written (the agent is the only writer of `acks`)
+    deadline: float = 0.0  # for the upstream connects
+    connecting: int = 0  # upstream connects in flight
 
     @property
     def owed(self) -> bool:
@@ -224,8 +230,10 @@ class DataPlane:
     """Load the kernel program, listen, and serve until `stop()`."""
 
     def __init__(self, policy: ir.Policy, program: KernelProgram, listen: tuple[str, int],
-                 admin: tuple[str, int] | None, endpoints: dict[str, tuple[str, int]]):
+                 admin: tuple[str, int] | None, endpoints: dict[str, tuple[str, int]],
+                 connect_timeout: float = 5.0):
         self.policy, self.program = policy, program
+        self.connect_timeout = connect_timeout  # for each connection's upstreams, then Envoy's turn
         missing = [c for c in program.clusters[1:] if c not in endpoints]
         if missing:
             raise DataPlaneError(f"no address for cluster(s) {', '.join(missing)}: give --cluster NAME=HOST:PORT")
@@ -239,7 +247,8 @@ class DataPlane:
         self._told: dict[int, _Connection] = {}  # cookie -> connection a record named, to read
         self._replies: dict[int, tuple[int, bytes]] = {}  # verdict code -> (second, reply bytes)
         self.agent_punts: dict[str, int] = {}  # local replies decided in kernel, handed to Envoy
-        self.unjudged_punts = 0  # connections whose bytes reached the agent without a verdict
+        self.connection_punts: dict[str, int] = {}  # UNJUDGED, UPSTREAM_UNREACHABLE
+        self._connecting: dict[int, _Connection] = {}  # cookie -> connection whose upstreams connect
         self.connections = 0
         self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
         self._by_fd: dict[int, _Connection] = {}
@@ -298,31 +307,95 @@ class DataPlane:
                 client.close()
 
     def _adopt(self, client: socket.socket, peer) -> None:
+        """Start the connection's upstream connects (non-blocking: one slow upstream must not stall
+        every other connection); the fast path starts once they are all up (`_start_fast_path`).
+        Meanwhile the client's bytes wait in its queue, and go through the program then."""
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setblocking(False)
         # The policy (and the proven DAG) is about the config's listener; with --listen elsewhere,
         # Envoy is still told the request came to that port, so destination_port means the same.
         local = (client.getsockname()[0], self.policy.listener[1])
-        cookie = _cookie(client)
-        conn = _Connection(client, cookie, peer, local)
-        for slot, cluster in enumerate(self.program.clusters[1:], start=1):
-            upstream = socket.create_connection(self.endpoints[cluster], timeout=5)
-            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            upstream.setblocking(False)
-            conn.upstreams.append(upstream)
-            back = self._peers.Leaf()
-            back.cookie, back.slot = cookie, 0
-            self._peers[ct.c_uint64(_cookie(upstream))] = back
-            self._insert(upstream, cookie, slot)
-            # Upstream bytes always go back to the client in the kernel: only a hang-up is news.
-            self.readiness.register(upstream, ("upstream", conn), _Readiness.HANGUPS)
-        self._conns[ct.c_uint64(cookie)] = connection_state(self._conns, peer[0], local[0])
-        client.setblocking(False)
-        self._insert(client, cookie, 0)
+        conn = _Connection(client, _cookie(client), peer, local)
         self._by_fd[client.fileno()] = conn
-        self._by_cookie[cookie] = conn
-        self.readiness.register(client, ("client", conn), _Readiness.HANGUPS)
-        # Bytes queued before the insert never met the program: read them once, here.
+        self._by_cookie[conn.cookie] = conn
+        conn.deadline = time.monotonic() + self.connect_timeout
+        self._connecting[conn.cookie] = conn
+        try:
+            for cluster in self.program.clusters[1:]:
+                upstream = socket.socket()
+                upstream.setblocking(False)
+                conn.upstreams.append(upstream)
+                status = upstream.connect_ex(self.endpoints[cluster])
+                if status == errno.EINPROGRESS:
+                    self.readiness.register(upstream, ("connecting", conn), select.EPOLLOUT)
+                    conn.connecting += 1
+                elif status != 0:
+                    raise OSError(status, os.strerror(status))
+        except OSError:
+            self._upstream_unreachable(conn)
+            return
+        if not conn.connecting:
+            self._start_fast_path(conn)
+
+    def _on_upstream_connect(self, conn: _Connection, upstream: socket.socket) -> None:
+        self.readiness.unregister(upstream)
+        if upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._upstream_unreachable(conn)
+            return
+        conn.connecting -= 1
+        if not conn.connecting:
+            self._start_fast_path(conn)
+
+    def _start_fast_path(self, conn: _Connection) -> None:
+        """All upstreams are up: the sockets go into the maps (upstreams first, so every response
+        byte meets the program) and the connection onto the fast path."""
+        del self._connecting[conn.cookie]
+        try:
+            for slot, upstream in enumerate(conn.upstreams, start=1):
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                back = self._peers.Leaf()
+                back.cookie, back.slot = conn.cookie, 0
+                self._peers[ct.c_uint64(_cookie(upstream))] = back
+                self._insert(upstream, conn.cookie, slot)
+                # Upstream bytes always go back to the client in the kernel: only a hang-up is news.
+                self.readiness.register(upstream, ("upstream", conn), _Readiness.HANGUPS)
+        except OSError:  # an upstream reset as it came up
+            self._upstream_unreachable(conn)
+            return
+        self._conns[ct.c_uint64(conn.cookie)] = connection_state(self._conns, conn.peer[0], conn.local[0])
+        try:
+            self._insert(conn.client, conn.cookie, 0)
+        except OSError:  # the client already left
+            self._close(conn)
+            return
+        self.readiness.register(conn.client, ("client", conn), _Readiness.HANGUPS)
+        # Bytes queued before the insert: the program judges them when the socket is first read.
         self._on_client(conn)
+
+    def _upstream_unreachable(self, conn: _Connection) -> None:
+        """An upstream refused or timed out: the connection is Envoy's, which answers as it would
+        (its own connect fails: 503 for what it forwards; its local replies stand)."""
+        self._connecting.pop(conn.cookie, None)
+        self._drop_upstreams(conn)
+        self._count(self.connection_punts, UPSTREAM_UNREACHABLE)
+        conn.learn(True, conn.replies, conn.reply)
+        self.readiness.register(conn.client, ("client", conn), _Readiness.BYTES)
+        self._on_client(conn)
+
+    def _drop_upstreams(self, conn: _Connection) -> None:
+        for upstream in conn.upstreams:
+            self.readiness.unregister(upstream)
+            try:
+                del self._peers[ct.c_uint64(_cookie(upstream))]
+            except (KeyError, OSError):
+                pass
+            upstream.close()
+        conn.upstreams = []
+
+    def _check_connect_deadlines(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._connecting.values() if c.deadline < now]:
+            self._upstream_unreachable(conn)
 
     def _on_client(self, conn: _Connection) -> None:
         for data in _received(conn.client):
@@ -403,7 +476,7 @@ class DataPlane:
                 conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return
         if not conn.owed:  # bytes the program never judged (it did not pass them): Envoy judges them
-            self.unjudged_punts += 1
+            self._count(self.connection_punts, UNJUDGED)
         self._punt(conn, data)
 
     def _acknowledge(self, conn: _Connection) -> None:
@@ -430,7 +503,11 @@ class DataPlane:
         return cached[1]
 
     def _agent_punt(self, reason: str) -> None:
-        self.agent_punts[reason] = self.agent_punts.get(reason, 0) + 1
+        self._count(self.agent_punts, reason)
+
+    @staticmethod
+    def _count(punts: dict[str, int], reason: str) -> None:
+        punts[reason] = punts.get(reason, 0) + 1
 
     def _punt(self, conn: _Connection, data: bytes) -> None:
         try:
@@ -457,19 +534,15 @@ class DataPlane:
         if self._by_fd.pop(conn.client.fileno(), None) is None:
             return
         self._by_cookie.pop(conn.cookie, None)
-        for sock in conn.sockets():
-            self.readiness.unregister(sock)
-        for upstream in conn.upstreams:
-            try:
-                del self._peers[ct.c_uint64(_cookie(upstream))]
-            except (KeyError, OSError):
-                pass
+        self._connecting.pop(conn.cookie, None)
+        self._drop_upstreams(conn)
         for table in (self._conns, self._acks):
             try:
                 del table[ct.c_uint64(conn.cookie)]
             except KeyError:
                 pass
         for sock in conn.sockets():
+            self.readiness.unregister(sock)
             sock.close()
 
     # ---- loop ---------------------------------------------------------------------------------
@@ -484,9 +557,12 @@ class DataPlane:
                     self._apply_records()
                 elif kind == "client":
                     self._on_client(conn)
+                elif kind == "connecting":
+                    self._on_upstream_connect(conn, sock)
                 else:
                     self._on_peer(conn, sock)
             self._check_lost_records()
+            self._check_connect_deadlines()
             self._read_told()
 
     def stop(self) -> None:
@@ -524,9 +600,7 @@ class DataPlane:
     # ---- counters -----------------------------------------------------------------------------
     def counters(self) -> dict:
         forwarded = replies = 0
-        punts: dict[str, int] = dict(self.agent_punts)
-        if self.unjudged_punts:
-            punts[UNJUDGED] = self.unjudged_punts
+        punts: dict[str, int] = {**self.agent_punts, **self.connection_punts}
         for v in self.program.verdicts:
             n = int(self._counts.sum(ct.c_int(v.code)).value)
             if not n:

@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="address of a cluster (repeatable); default: the config's endpoints")
     run.add_argument("--listener", help="listener name, when the bootstrap has several")
     run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="proof budget per query (s)")
+    run.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                     help="per connection, for its upstream connects; then Envoy takes it (default 5)")
     return parser
 
 
@@ -430,6 +432,8 @@ def cmd_run(args, out: Console) -> int:
     from l7fp.proofs.refinement import Budget, verify
     from l7fp.semantics.frontends import load_policy
 
+    if args.connect_timeout <= 0:
+        raise UsageError("--connect-timeout must be positive")
     err = Console(stderr=True)
     policy = load_policy(args.configs, listener=args.listener)
     overrides = {}
@@ -447,7 +451,7 @@ def cmd_run(args, out: Console) -> int:
     listen = _address(args.listen) if args.listen else policy.listener
     try:  # the very DAG the proof was about
         plane = DataPlane(policy, generate(result.dag, policy.hcm), listen, _address(args.admin),
-                          endpoints_of(policy, overrides))
+                          endpoints_of(policy, overrides), connect_timeout=args.connect_timeout)
     except (DataPlaneError, KernelLoadError) as exc:
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT

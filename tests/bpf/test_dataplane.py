@@ -26,7 +26,7 @@ import time
 import pytest
 
 from l7fp.bpf.codegen import generate
-from l7fp.bpf.dataplane import DataPlane, _Connection
+from l7fp.bpf.dataplane import UPSTREAM_UNREACHABLE, DataPlane, _Connection
 from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port, outcome_of, send_raw
 from l7fp.semantics.frontends import load_policy
 from l7fp.synth.compile import compile_policy
@@ -285,3 +285,56 @@ def test_an_older_record_does_not_undo_what_the_agent_knows():
     wrapping.replies = wrapping.acked = 2**32 - 1
     wrapping.learn(False, 0, 9)
     assert wrapping.owed and (wrapping.replies, wrapping.reply) == (0, 9)
+
+
+def test_an_unreachable_upstream_leaves_the_answers_to_envoy():
+    """The cluster's endpoint refuses connections: the client is not dropped at accept; its
+    connection goes to the slow-path Envoy (real Envoy 1.40, the same endpoints), which answers
+    the denied request 403 and the allowed one 503, counted as a punt with its reason."""
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    dead = free_port()  # nothing listens there
+    address = ("127.0.0.1", free_port())
+    plane = DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                      {name: ("127.0.0.1", dead) for name in ("app",)})
+    with plane.serving():
+        assert outcome_of(send_raw(address, DENIED_02)).status == 403
+        assert outcome_of(send_raw(address, ALLOWED_02)).status == 503
+        counters = plane.counters()
+    assert counters["fast_path"] == 0 and counters["punted"] == 2, counters
+    assert counters["punts"].get(UPSTREAM_UNREACHABLE) == 2, counters["punts"]
+
+
+def test_a_stalled_upstream_connect_stalls_no_one_else():
+    """The endpoint drops SYNs (its accept queue is full): two clients at once both get Envoy's
+    answers after the agent's connect timeout (0.5 s here) plus Envoy's own (the config's 1 s),
+    not one after the other: the agent's upstream connects do not block its loop."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    filler = socket.create_connection(hole.getsockname())  # takes the queue's one place
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    address = ("127.0.0.1", free_port())
+    plane = DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                      {"app": hole.getsockname()}, connect_timeout=0.5)
+    answers: dict[str, tuple] = {}
+
+    def ask(name: str, raw: bytes) -> None:
+        started = time.monotonic()
+        answers[name] = (_answer(address, raw, None), time.monotonic() - started)
+
+    try:
+        with plane.serving():
+            threads = [threading.Thread(target=ask, args=item) for item in
+                       (("allowed", ALLOWED_02), ("denied", DENIED_02))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            counters = plane.counters()
+    finally:
+        filler.close()
+        hole.close()
+    (allowed, allowed_s), (denied, denied_s) = answers["allowed"], answers["denied"]
+    assert outcome_of(denied).status == 403 and outcome_of(allowed).status == 503, answers
+    assert denied_s < 1.5 and allowed_s < 2.5, answers  # one blocking connect alone took 5 s
+    assert counters["punts"].get(UPSTREAM_UNREACHABLE) == 2, counters["punts"]
