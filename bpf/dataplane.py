@@ -338,6 +338,8 @@ class DataPlane:
             self._start_fast_path(conn)
 
     def _on_upstream_connect(self, conn: _Connection, upstream: socket.socket) -> None:
+        if upstream.fileno() < 0:  # an earlier event of the same wake-up gave the connection up
+            return
         self.readiness.unregister(upstream)
         if upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self._upstream_unreachable(conn)

@@ -27,7 +27,7 @@ import pytest
 
 from l7fp.bpf.codegen import generate
 from l7fp.bpf.dataplane import UPSTREAM_UNREACHABLE, DataPlane, _Connection
-from l7fp.proofs.envoy_oracle import EnvoyOracle, free_port, outcome_of, send_raw
+from l7fp.proofs.envoy_oracle import EchoBackend, EnvoyOracle, free_port, outcome_of, send_raw
 from l7fp.semantics.frontends import load_policy
 from l7fp.synth.compile import compile_policy
 
@@ -338,3 +338,28 @@ def test_a_stalled_upstream_connect_stalls_no_one_else():
     assert outcome_of(denied).status == 403 and outcome_of(allowed).status == 503, answers
     assert denied_s < 1.5 and allowed_s < 2.5, answers  # one blocking connect alone took 5 s
     assert counters["punts"].get(UPSTREAM_UNREACHABLE) == 2, counters["punts"]
+
+
+def test_one_unreachable_cluster_of_several():
+    """03 forwards to four clusters; one refuses. The connection goes to Envoy (503 for a route to
+    the dead cluster, the live ones answer), and the upstreams already opened are closed and
+    unmapped, not leaked."""
+    policy = load_policy([str(CONFIG_DIR / "03_routing.yaml")])
+    program = generate(compile_policy(policy), policy.hcm)
+    live = {name: EchoBackend(name) for name in program.clusters[1:] if name != "v1"}
+    assert live and len(live) == len(program.clusters) - 2
+    endpoints = {name: ("127.0.0.1", b.port) for name, b in live.items()} | {"v1": ("127.0.0.1", free_port())}
+    address = ("127.0.0.1", free_port())
+    plane = DataPlane(policy, program, address, None, endpoints)
+    try:
+        with plane.serving():
+            dead = send_raw(address, b"GET /v1/a HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+            alive = send_raw(address, b"GET /healthz HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+            time.sleep(0.3)  # the agent sees both clients leave
+            counters, peers, open_connections = plane.counters(), len(plane._peers), len(plane._by_fd)
+    finally:
+        for backend in live.values():
+            backend.close()
+    assert dead.status == 503 and alive.status == 200 and b'"cluster": "health"' in alive.body
+    assert counters["punts"].get(UPSTREAM_UNREACHABLE) == 2, counters["punts"]
+    assert peers == 0 and open_connections == 0
