@@ -466,8 +466,13 @@ class DataPlane:
             if not conn.owed:
                 self._refresh(conn)
         if conn.owed and not conn.punted:
-            reply = self._reply_bytes(self.program.verdicts[conn.reply], data)
-            if reply is not None:
+            answer = self._reply_bytes(self.program.verdicts[conn.reply], data)
+            if answer is not None:
+                reply, close = answer
+                if close:  # Envoy writes `connection: close` and closes: nothing follows
+                    conn.client.sendall(reply)
+                    self._close(conn)
+                    return
                 # The reply enters the socket before the acknowledgement (answers stay in order: a
                 # response the kernel forwards later queues behind it), and leaves only after it:
                 # held by MSG_MORE, pushed by re-setting TCP_NODELAY, so the client cannot send its
@@ -487,22 +492,27 @@ class DataPlane:
             raise OSError(ct.get_errno(), "reply acknowledgement")
         conn.acked = conn.replies
 
-    def _reply_bytes(self, verdict, request: bytes) -> bytes | None:
-        """Envoy's reply for a reply verdict, or None when the agent hands the request to Envoy."""
+    def _reply_bytes(self, verdict, request: bytes) -> tuple[bytes, bool] | None:
+        """Envoy's reply for a reply verdict and whether Envoy then closes the connection, or None
+        when the agent hands the request to Envoy. The kernel passed exactly one request, without
+        a body or a Connection header (those punt), so only the status decides the closing."""
         leaf = verdict.leaf
         if request.startswith(b"HEAD "):
+            # The DAG's leaf for a HEAD request has the body Envoy leaves out already removed, and
+            # Envoy's framing headers depend on that body (tests/bpf/test_dataplane.py).
             self._agent_punt("HEAD: Envoy's reply keeps the framing of the body it leaves out")
             return None
         if leaf.location is None and (leaf.status == 201 or 300 <= leaf.status <= 399):
             self._agent_punt("direct response 201/3xx: Envoy adds the request URL as Location")
             return None
+        close = wire.closes_connection(leaf.status, connection_close=False, request_body=False)
         second = int(time.time())  # Envoy's date header has whole seconds: one build per second
         cached = self._replies.get(verdict.code)
         if cached is None or cached[0] != second:
             location = "".join(part[1] for part in leaf.location) if leaf.location else None
             cached = self._replies[verdict.code] = (second, wire.local_reply(
-                leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location))
-        return cached[1]
+                leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location, close=close))
+        return cached[1], close
 
     def _agent_punt(self, reason: str) -> None:
         self._count(self.agent_punts, reason)
