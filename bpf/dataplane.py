@@ -511,7 +511,8 @@ class DataPlane:
         if cached is None or cached[0] != second:
             location = "".join(part[1] for part in leaf.location) if leaf.location else None
             cached = self._replies[verdict.code] = (second, wire.local_reply(
-                leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location, close=close))
+                leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location, close=close,
+                server=self.policy.server_header))
         return cached[1], close
 
     def _agent_punt(self, reason: str) -> None:

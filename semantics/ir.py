@@ -331,3 +331,6 @@ class Policy:
     routes: RouteConfig
     clusters: tuple[Cluster, ...] = ()
     sources: tuple[str, ...] = field(default=())
+    # The `server` header of Envoy's own replies: HCM server_name, None with server_header_transformation
+    # PASS_THROUGH. It changes no decision, only the bytes of a local reply (the data plane writes them).
+    server_header: str | None = "envoy"

@@ -175,6 +175,10 @@ def bootstrap(policy: ir.Policy, listener: tuple[str, int] | None = None,
         hcm["strip_matching_host_port"] = True
     elif hcm_opts.strip_port == "any":
         hcm["strip_any_host_port"] = True
+    if policy.server_header is None:
+        hcm["server_header_transformation"] = "PASS_THROUGH"
+    elif policy.server_header != "envoy":
+        hcm["server_name"] = policy.server_header
     hcm["http_filters"] = [http_filter(f) for f in policy.filters] + [
         {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
     rc = policy.routes

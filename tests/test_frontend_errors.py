@@ -21,6 +21,8 @@ GOOD = (Path(__file__).parent / "envoy" / "configs" / "01_rbac_allow.yaml").read
     ("rbac.v3.RBAC", "rbac.v3.RBACX", "RBACX", "@type", "not modelled"),
     ("- url_path: {path: {prefix: /public/}}", "- url_path: {path: {prefix: /public/}, bogus: 1}",
      "bogus: 1", "url_path.bogus", "not modelled"),
+    ("          stat_prefix: ingress", "          stat_prefix: ingress\n          server_header_transformation: DROP",
+     "DROP", "server_header_transformation", "unknown server_header_transformation"),
 ])
 def test_envoy_errors_point_at_the_line(tmp_path, old, new, line_of, key_fragment, message):
     assert old in GOOD

@@ -26,7 +26,7 @@ _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 # Fields with no effect on which response a request gets (observability, timeouts, pools).
 _INERT_HCM = {"stat_prefix", "access_log", "generate_request_id", "tracing", "stream_idle_timeout",
               "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
-              "server_name", "server_header_transformation", "add_user_agent", "preserve_external_request_id",
+              "add_user_agent", "preserve_external_request_id",
               "always_set_request_id_in_response", "access_log_options", "forward_client_cert_details",
               "set_current_client_cert_details", "via", "internal_address_config", "stream_error_on_invalid_http_message"}
 _INERT_ROUTER = {"dynamic_stats", "start_child_span", "upstream_log", "upstream_log_options",
@@ -102,7 +102,7 @@ def _hcm(node: Node, address, clusters) -> ir.Policy:
     node.fields({"@type", "codec_type", "route_config", "http_filters", "normalize_path", "merge_slashes",
                  "path_with_escaped_slashes_action", "max_request_headers_kb", "common_http_protocol_options",
                  "http_protocol_options", "use_remote_address", "xff_num_trusted_hops", "strip_matching_host_port",
-                 "strip_any_host_port"}, inert=_INERT_HCM)
+                 "strip_any_host_port", "server_name", "server_header_transformation"}, inert=_INERT_HCM)
     if node.has("codec_type") and node.req("codec_type").str() not in ("AUTO", "HTTP1"):
         raise node.req("codec_type").error("only HTTP/1.1 (codec_type AUTO or HTTP1) is modelled")
     hcm = dict(
@@ -145,7 +145,19 @@ def _hcm(node: Node, address, clusters) -> ir.Policy:
         raise node.error("an inline route_config is required (rds and scoped routes are not modelled)")
     routes = _route_config(node.req("route_config"))
     filters = _http_filters(node.req("http_filters"))
-    return ir.Policy(address, ir.HcmOptions(**hcm), filters, routes, clusters, (node.file,))
+    return ir.Policy(address, ir.HcmOptions(**hcm), filters, routes, clusters, (node.file,),
+                     server_header=_server_header(node))
+
+
+def _server_header(hcm: Node) -> str | None:
+    """The `server` header of Envoy's local replies (measured: tests/bpf/test_dataplane.py)."""
+    if hcm.has("server_header_transformation"):
+        node = hcm.req("server_header_transformation")
+        if node.str() not in ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"):
+            raise node.error(f"unknown server_header_transformation {node.str()!r}")
+        if node.str() == "PASS_THROUGH":
+            return None
+    return hcm.req("server_name").str() if hcm.has("server_name") else "envoy"
 
 
 def _http_filters(node: Node) -> tuple:

@@ -376,6 +376,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: replies
+          SERVER
           http_filters:
           - name: envoy.filters.http.rbac
             typed_config:
@@ -425,15 +426,23 @@ def _exchange_keep_alive(address, raw: bytes) -> tuple[bytes, bool]:
             return head + b"\r\n\r\n" + body, False
 
 
-@pytest.mark.parametrize("method,path,kernel", [
-    ("GET", "/admin", True), ("GET", "/teapot", True), ("GET", "/bad", True), ("GET", "/empty", True),
-    ("HEAD", "/admin", False), ("HEAD", "/bad", False)])
-def test_local_replies_with_closing_and_head(tmp_path, method, path, kernel):
-    """Status 400 adds `connection: close` and closes; the agent writes it itself, byte for byte as
-    real Envoy 1.40 (but the date). HEAD goes to Envoy, which answers it."""
+@pytest.mark.parametrize("method,path,kernel,server", [
+    ("GET", "/admin", True, ""), ("GET", "/teapot", True, ""), ("GET", "/bad", True, ""),
+    ("GET", "/empty", True, ""), ("HEAD", "/admin", False, ""), ("HEAD", "/bad", False, ""),
+    ("GET", "/admin", True, "server_name: edge-7"),
+    ("GET", "/bad", True, "{server_name: edge-7, server_header_transformation: APPEND_IF_ABSENT}"),
+    ("GET", "/teapot", True, "{server_name: edge-7, server_header_transformation: PASS_THROUGH}"),
+    ("HEAD", "/admin", False, "server_header_transformation: PASS_THROUGH"),
+])
+def test_local_replies_with_closing_and_head(tmp_path, method, path, kernel, server):
+    """Status 400 adds `connection: close` and closes; the `server` header follows server_name and
+    server_header_transformation; the agent writes these replies itself, byte for byte as real
+    Envoy 1.40 (but the date). HEAD goes to Envoy (the slow path, with the same server settings)."""
+    if server.startswith("{"):  # two HCM fields on the one line the template leaves for them
+        server = "\n          ".join(f"{item.strip()}" for item in server.strip("{}").split(","))
     port = free_port()
     config = tmp_path / "replies.yaml"
-    config.write_text(_REPLIES_CONFIG.replace("PORT", str(port)))
+    config.write_text(_REPLIES_CONFIG.replace("PORT", str(port)).replace("SERVER", server))
     raw = f"{method} {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
     undated = lambda answer: re.sub(rb"date: [^\r]*\r\n", b"", answer)
     with EnvoyOracle(str(config)) as envoy:
