@@ -75,13 +75,15 @@ def _parser() -> argparse.ArgumentParser:
                           description="Send generated requests (the policy's own constants, plus request-"
                           "smuggling damage) through two or more oracles and report every disagreement between "
                           "two that decide: reference (the interpreter), dag (the proven DAG), kernel (the generated "
-                          "eBPF run by BPF_PROG_TEST_RUN; root), envoy (the real envoy binary). A stage that decides "
-                          "a request the reference does not model is a divergence too. The first divergence is "
+                          "eBPF run by BPF_PROG_TEST_RUN; root), envoy (the real envoy binary), dataplane (`l7fp "
+                          "run`'s data plane on real sockets, with echo backends; root). A stage that decides a "
+                          "request the reference does not model is a divergence too. The first divergence is "
                           "shrunk to a minimal request and saved as a .http file (`l7fp explain` replays it). "
                           "Exit 0 no divergence, 1 divergence, 2 bad input.")
     fuzz.add_argument("configs", nargs="+", metavar="CONFIG", help="Envoy bootstrap, Istio YAML, or .l7fp DSL")
     fuzz.add_argument("--oracle", action="append", metavar="NAME",
-                      help="reference, dag, kernel or envoy; repeat or join with ',' (default reference,dag)")
+                      help="reference, dag, kernel, envoy or dataplane; repeat or join with ',' "
+                      "(default reference,dag)")
     fuzz.add_argument("--max-examples", type=int, default=200, metavar="N", help="requests to generate (default 200)")
     fuzz.add_argument("--seed", type=int, default=0, metavar="S", help="Hypothesis seed (default 0): same seed, "
                       "same campaign")
@@ -305,8 +307,8 @@ def cmd_fuzz(args, out: Console) -> int:
         raise UsageError(f"--oracle: give two or more of {', '.join(ORACLES)}")
     if args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
-    if "kernel" in oracles and os.geteuid() != 0:
-        raise UsageError("the kernel oracle loads an eBPF program: run as root")
+    if {"kernel", "dataplane"} & set(oracles) and os.geteuid() != 0:
+        raise UsageError("the kernel and dataplane oracles load eBPF programs: run as root")
     policy = load_policy(args.configs, listener=args.listener)
     with _progress("fuzzing") as progress:
         task = progress.add_task("requests", total=args.max_examples)

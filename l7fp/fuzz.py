@@ -9,7 +9,10 @@ Oracles, each answering raw request bytes on a connection:
   kernel's own verdict rendered with the DAG leaf it names; abstains on PUNT (root and bpf() needed);
 - envoy: the real envoy binary on the policy (proofs/envoy_oracle.py); answers every request sent
   from a loopback address (the client socket is bound to the source; other sources abstain). With
-  it, every oracle runs the policy on a free listener port instead of the config's own.
+  it, every oracle runs the policy on a free listener port instead of the config's own;
+- dataplane: `l7fp run`'s data plane (bpf/dataplane.py: the sk_skb program on a SOCKHASH, the agent,
+  the slow-path Envoy) with echo backends, on real loopback sockets, loopback sources only like
+  envoy; a connection closed without an answer is an answer (Envoy always answers) (root).
 
 Two answers disagree when their observable outcomes differ (Outcome.observable). A stage that decides
 a request the reference does not model is a divergence too (the correctness contract: it must punt).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -40,7 +44,9 @@ from .semantics.request import Outcome, Request
 from .synth.compile import DagCompiler
 from .synth.dag import evaluate, leaf_outcome
 
-ORACLES = ("reference", "dag", "kernel", "envoy")
+ORACLES = ("reference", "dag", "kernel", "envoy", "dataplane")
+# Oracles that answer on real sockets: loopback sources only, and a free listener port.
+_ON_SOCKETS = {"envoy", "dataplane"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class _Oracles:
     """The oracles of one campaign, started once (the kernel program loaded, Envoy running)."""
 
     def __init__(self, policy: ir.Policy, names: list[str], compiler=DagCompiler):
-        if "envoy" in names:
+        if _ON_SOCKETS & set(names):
             from .proofs.envoy_oracle import free_port
 
             # Every oracle sees the same listener: a free port, so a campaign never collides with a
@@ -113,7 +119,7 @@ class _Oracles:
         self.policy, self.names = policy, names
         self.dag = compiler(policy).compile()
         self.listener_port = policy.listener[1]
-        self.kernel = self.envoy = None
+        self.kernel = self.envoy = self.dataplane = None
         if "kernel" in names:
             from .bpf.codegen import generate
             from .bpf.testrun import KernelHarness
@@ -125,8 +131,12 @@ class _Oracles:
 
             # A short wait: a request Envoy waits on (truncated) abstains instead of stalling the campaign.
             self.envoy = EnvoyOracle(bootstrap(policy), io_timeout=1.5)
+        if "dataplane" in names:
+            self.dataplane = _DataPlaneOracle(policy, self.dag)
 
     def close(self) -> None:
+        if self.dataplane is not None:
+            self.dataplane.close()
         if self.kernel is not None:
             self.kernel.close()
         if self.envoy is not None:
@@ -142,13 +152,15 @@ class _Oracles:
         if name == "reference":
             outcome, why = interpret_or_reason(self.policy, request)
             return Answer(outcome, f"unmodelled: {why}" if outcome is None else "")
-        if name == "envoy":
+        if name in _ON_SOCKETS:
             if not ipaddress.ip_address(r.source_ip).is_loopback:
-                return Answer(None, f"source {r.source_ip}: only loopback sources can reach Envoy here")
+                return Answer(None, f"source {r.source_ip}: only loopback sources can reach {name} here")
             try:
-                return Answer(self.envoy.outcome(r.raw, source_ip=r.source_ip))
+                return Answer((self.envoy if name == "envoy" else self.dataplane).outcome(r.raw, r.source_ip))
             except TimeoutError:
                 return Answer(None, "no answer in time (Envoy waits for the rest of the request)")
+            except ConnectionError:
+                return Answer(Outcome("closed-without-answer"))
         if name == "dag":
             if fields is None:
                 return Answer(None, "outside the field model (the codec answers)")
@@ -162,6 +174,37 @@ class _Oracles:
         if fields is None:  # the kernel decided bytes the codec model does not parse into fields
             return Answer(Outcome("kernel-decided-unparsed", rule=verdict.reason), "")
         return Answer(leaf_outcome(verdict.leaf, fields))
+
+
+class _DataPlaneOracle:
+    """The data plane `l7fp run` serves (bpf/dataplane.py) on `policy`, with an echo backend per
+    cluster so that a forward's outcome can be read off the answer."""
+
+    def __init__(self, policy: ir.Policy, dag):
+        from .bpf.codegen import generate
+        from .bpf.dataplane import DataPlane
+        from .proofs.envoy_oracle import EchoBackend, free_port
+
+        self._stack = ExitStack()
+        try:
+            backends = {c.name: EchoBackend(c.name) for c in policy.clusters}
+            for backend in backends.values():
+                self._stack.callback(backend.close)
+            self.address = ("127.0.0.1", free_port())
+            plane = DataPlane(policy, generate(dag, policy.hcm), self.address, None,
+                              {name: ("127.0.0.1", b.port) for name, b in backends.items()})
+            self._stack.enter_context(plane.serving())
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def outcome(self, raw: bytes, source_ip: str) -> Outcome:
+        from .proofs.envoy_oracle import outcome_of, send_raw
+
+        return outcome_of(send_raw(self.address, raw, source_ip, timeout=1.5))
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 def _disagreement(answers: dict[str, Answer]) -> str | None:

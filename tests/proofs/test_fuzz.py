@@ -1,10 +1,11 @@
 """`l7fp fuzz`: differential campaigns between the reference, the DAG, the kernel program (test-run
-harness) and real Envoy 1.40.0.
+harness), real Envoy 1.40.0 and the data plane of `l7fp run` on real sockets.
 
 The real campaigns must find nothing on the foundation's configs (a divergence found this way is
 docs/bugs/0004). Campaigns that must find something: a broken DAG compiler (tests/proofs/mutants.py)
 run through the kernel oracle, so the kernel's own verdicts disagree with the reference; the
-minimal request is saved and its bytes alone reproduce the disagreement. Needs root, bpf() and the
+minimal request is saved and its bytes alone reproduce the disagreement; the same broken compiler
+behind the real data plane lets denied requests through, and the data-plane oracle sees it. Needs root, bpf() and the
 envoy binary; CI runs as root.
 """
 from __future__ import annotations
@@ -83,3 +84,26 @@ def test_fuzz_command_refuses_a_single_oracle():
     result = subprocess.run([*L7FP, "fuzz", str(CONFIGS / "01_rbac_allow.yaml"), "--oracle", "dag"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "two or more" in result.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.envoy
+def test_dataplane_oracle_agrees_with_envoy():
+    """`l7fp run`'s data plane on real sockets (four clusters, forwards, 404s, punts to its Envoy)
+    answers every generated request as real Envoy does."""
+    campaign = run_campaign(load_policy([str(CONFIGS / "03_routing.yaml")]), ["reference", "envoy", "dataplane"],
+                            max_examples=150, seed=0)
+    assert not campaign.divergences, json.dumps(campaign.to_json()["divergences"], indent=2)
+    assert all(campaign.decided[name] > 0 for name in campaign.oracles), campaign.decided
+
+
+@pytest.mark.kernel
+@pytest.mark.envoy
+def test_dataplane_oracle_finds_a_broken_compiler():
+    """The same kernel program built from a DAG compiler that swaps DENY for ALLOW: requests the
+    policy denies reach the echo backend through the data plane, and the campaign says so."""
+    mutant, policy = next(m for m in mutants.MUTANTS if m[0].__name__ == "DenyAsAllow")
+    campaign = run_campaign(policy, ["reference", "dataplane"], max_examples=300, seed=0, compiler=mutant)
+    assert len(campaign.divergences) == 1, campaign.to_json()
+    answers = campaign.divergences[0].answers
+    assert answers["dataplane"].outcome.observable() != answers["reference"].outcome.observable()
