@@ -245,7 +245,7 @@ class DataPlane:
         self._lost_seen, self._lost_checked = 0, time.monotonic()
         self._records: list[tuple] = []  # from `for_agent`, appended by bcc's ring callback
         self._told: dict[int, _Connection] = {}  # cookie -> connection a record named, to read
-        self._replies: dict[int, tuple[int, bytes]] = {}  # verdict code -> (second, reply bytes)
+        self._replies: dict[int, tuple[int, bytes, bool]] = {}  # verdict -> (second, bytes, closes)
         self.agent_punts: dict[str, int] = {}  # local replies decided in kernel, handed to Envoy
         self.connection_punts: dict[str, int] = {}  # UNJUDGED, UPSTREAM_UNREACHABLE
         self._connecting: dict[int, _Connection] = {}  # cookie -> connection whose upstreams connect
@@ -380,7 +380,7 @@ class DataPlane:
         self._connecting.pop(conn.cookie, None)
         self._drop_upstreams(conn)
         self._count(self.connection_punts, UPSTREAM_UNREACHABLE)
-        conn.learn(True, conn.replies, conn.reply)
+        conn.punted = True
         self.readiness.register(conn.client, ("client", conn), _Readiness.BYTES)
         self._on_client(conn)
 
@@ -406,9 +406,10 @@ class DataPlane:
                 return
             self._handle(conn, data)
         if conn.client.fileno() in self._by_fd:
-            # Watch for bytes while the program owes the agent some (a reply whose request has not
-            # come yet, or the punt); turning the watch on re-checks readiness, so bytes that land
-            # between the read above and here are seen. Nothing owed: the next come with a record.
+            # Watch for bytes once Envoy has the connection, or while the program owes the agent
+            # some (a reply whose request has not come yet, or the punt); turning the watch on
+            # re-checks readiness, so bytes that land between the read above and here are seen.
+            # Nothing owed: the next come with a record.
             self.readiness.watch_bytes(conn.client, conn.envoy is not None or conn.owed)
 
     # ---- what the program tells the agent (bpf/c/sk_skb.c, `for_agent`) ------------------------
@@ -505,15 +506,15 @@ class DataPlane:
         if leaf.location is None and (leaf.status == 201 or 300 <= leaf.status <= 399):
             self._agent_punt("direct response 201/3xx: Envoy adds the request URL as Location")
             return None
-        close = wire.closes_connection(leaf.status, connection_close=False, request_body=False)
         second = int(time.time())  # Envoy's date header has whole seconds: one build per second
         cached = self._replies.get(verdict.code)
         if cached is None or cached[0] != second:
+            close = wire.closes_connection(leaf.status, connection_close=False, request_body=False)
             location = "".join(part[1] for part in leaf.location) if leaf.location else None
             cached = self._replies[verdict.code] = (second, wire.local_reply(
                 leaf.status, leaf.body, head=False, date=wire.http_date(second), location=location, close=close,
-                server=self.policy.server_header))
-        return cached[1], close
+                server=self.policy.server_header), close)
+        return cached[1], cached[2]
 
     def _agent_punt(self, reason: str) -> None:
         self._count(self.agent_punts, reason)
@@ -529,7 +530,6 @@ class DataPlane:
             self._close(conn)
             return
         self.readiness.register(conn.envoy, ("envoy", conn))
-        self.readiness.watch_bytes(conn.client, True)  # from now on every byte is the agent's
         conn.envoy.sendall(data)
 
     def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
