@@ -33,6 +33,7 @@ from l7fp.synth.compile import compile_policy
 
 from ..envoy.cases import SPECIFIC, cases_for
 from ..envoy.test_explain_vs_envoy import CONFIG_DIR
+from ..envoy.test_wire_vs_envoy import _exchange, _read_response
 
 CONFIGS = sorted(SPECIFIC)
 # Configurations whose every request punts today, with the reason (`l7fp compile` reports it):
@@ -121,20 +122,11 @@ def test_pipelined_denied_request_never_reaches_the_upstream(running):
     assert b'"path": "/admin"' not in received
 
 
-def _read_answer(sock: socket.socket, with_body: bool = False):
-    """One whole answer (head and Content-Length body) from a keep-alive connection: its head, or
-    (head, body)."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, "the connection closed before the answer"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return (head, body) if with_body else head
+def _next_answer(sock: socket.socket) -> bytes:
+    """One whole answer on a keep-alive connection, nothing after it."""
+    answer, rest = _read_response(sock, b"", head_request=False)
+    assert not rest, rest
+    return answer
 
 
 def test_fast_path_requests_do_not_wake_the_agent(running):
@@ -149,7 +141,7 @@ def test_fast_path_requests_do_not_wake_the_agent(running):
 
     def ask(sock, raw):
         sock.sendall(raw)
-        return _read_answer(sock).split(b" ")[1]
+        return _next_answer(sock).split(b" ")[1]
 
     with socket.create_connection(r.address, timeout=5) as sock:
         assert ask(sock, allowed) == b"200"  # the accept and the first bytes wake the agent
@@ -181,10 +173,10 @@ def test_concurrent_keep_alive_clients_get_their_own_answers(running):
             for i in range(150):
                 path = f"/api/{seed}-{i}" if rng.random() < 0.5 else f"/admin/{seed}-{i}"
                 sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
-                head, body = _read_answer(sock, with_body=True)
+                answer = _next_answer(sock)
                 want = b"200" if path.startswith("/api/") else b"403"
-                if head.split(b" ")[1] != want or (want == b"200" and f'"path": "{path}"'.encode() not in body):
-                    failures.append(f"client {seed} request {i} {path}: {head[:40]!r}")
+                if answer.split(b" ")[1] != want or (want == b"200" and f'"path": "{path}"'.encode() not in answer):
+                    failures.append(f"client {seed} request {i} {path}: {answer[:40]!r}")
                     return
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
@@ -214,7 +206,7 @@ def test_a_lost_record_is_recovered(running):
         with socket.create_connection(r.address, timeout=5) as sock:
             # A first request, so that the denied one meets the program, not the agent's first read.
             sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+            assert _next_answer(sock).startswith(b"HTTP/1.1 200 ")
             sock.sendall(denied)
             sock.settimeout(0.8)
             with pytest.raises(TimeoutError):  # without its record, nothing answers the reply
@@ -222,7 +214,7 @@ def test_a_lost_record_is_recovered(running):
             lost = plane.module["lost"]
             lost[ct.c_int(0)] = ct.c_uint64(lost[ct.c_int(0)].value + 1)
             sock.settimeout(5)
-            assert _read_answer(sock).startswith(b"HTTP/1.1 403 ")
+            assert _next_answer(sock).startswith(b"HTTP/1.1 403 ")
     finally:
         del plane._apply_records
 
@@ -405,27 +397,6 @@ static_resources:
 """
 
 
-def _exchange_keep_alive(address, raw: bytes) -> tuple[bytes, bool]:
-    """The raw answer to one request, and whether the server kept the connection open: it answers
-    a follow-up request on it (Envoy's delayed close leaves a closing connection open a while)."""
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(raw)
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
-        head, _, body = received.partition(b"\r\n\r\n")
-        length = re.search(rb"content-length: (\d+)", head)
-        while not raw.startswith(b"HEAD ") and length and len(body) < int(length[1]):
-            body += sock.recv(65536)
-        try:
-            sock.sendall(b"GET /follow-up HTTP/1.1\r\nHost: h\r\n\r\n")
-            return head + b"\r\n\r\n" + body, sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-        except OSError:
-            return head + b"\r\n\r\n" + body, False
-
-
 @pytest.mark.parametrize("method,path,kernel,server", [
     ("GET", "/admin", True, ""), ("GET", "/teapot", True, ""), ("GET", "/bad", True, ""),
     ("GET", "/empty", True, ""), ("HEAD", "/admin", False, ""), ("HEAD", "/bad", False, ""),
@@ -446,13 +417,13 @@ def test_local_replies_with_closing_and_head(tmp_path, method, path, kernel, ser
     raw = f"{method} {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
     undated = lambda answer: re.sub(rb"date: [^\r]*\r\n", b"", answer)
     with EnvoyOracle(str(config)) as envoy:
-        want, want_open = _exchange_keep_alive(envoy.address, raw)
+        want, want_open = _exchange(envoy.address, raw)
         policy = load_policy([str(config)])
         address = ("127.0.0.1", free_port())
         plane = DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
                           {name: ("127.0.0.1", b.port) for name, b in envoy.backends.items()})
         with plane.serving():
-            got, got_open = _exchange_keep_alive(address, raw)
+            got, got_open = _exchange(address, raw)
             counters = plane.counters()
     assert (undated(got), got_open) == (undated(want), want_open)
     assert want_open is (b"connection: close" not in want)
