@@ -1,5 +1,5 @@
-"""bpf/: C generation from the DAG for bcc, the in-kernel HTTP/1.1 parser, the sockmap data plane
-agent and the BPF_PROG_TEST_RUN harness.
-
-Not built yet (issue 4).
+"""bpf/: the kernel fast path. C generation from the proven DAG for bcc (codegen.py, regex_dfa.py,
+parser_spec.py; the fixed C is in c/), loading and the verifier's budget (loader.py), what
+`l7fp compile` writes (artifacts.py), the BPF_PROG_TEST_RUN harness (testrun.py) and `l7fp run`'s
+sockmap data plane with its agent and slow-path Envoy (dataplane.py). See docs/dataplane.md.
 """

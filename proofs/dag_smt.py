@@ -4,7 +4,7 @@ Used by refinement.py. Each test node becomes a predicate on the request's field
 outcome term (PUNT is a flag), and the DAG an If-tree shared the way the DAG shares nodes. String
 primitives (regex, case-insensitive literals, CIDRs, query parameters) are the symbolic module's,
 which tests/semantics/test_symbolic_vs_interpreter.py checks against the interpreter;
-tests/proofs/test_dag_smt.py checks this translation against `synth.dag.evaluate`.
+tests/synth/test_dag.py checks this translation against `synth.dag.evaluate`.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 `EnvoyOracle(config_path)` starts Envoy (the same bootstrap file, its clusters pointed at echo
 backends on loopback that report which cluster got which request-target), sends each request's exact
 bytes on a fresh connection, and returns an `Outcome` built from what the client and the backends saw.
-Used by the differential tests (tests/envoy/), the Istio golden tests, and later `l7fp fuzz --oracle
-envoy`. Every process it starts is bounded in time and stopped on close().
+Used by the differential tests (tests/envoy/), the Istio golden tests, `l7fp fuzz --oracle envoy`
+(and its dataplane oracle's echo backends), the data plane (the envoy binary, free ports), `l7fp
+bench` and the demo. Every process it starts is bounded in time and stopped on close().
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ A sat answer becomes a concrete request: rendered to raw bytes, parsed back by t
 through the interpreter and the DAG, and reported as confirmed only if they really disagree. An
 unknown answer (timeout, resource limit) is a failure. Budgets: wall time (what a user waits for)
 and Z3's rlimit (deterministic: the same proof gets the same answer on a loaded CI machine).
-Used by `l7fp verify`, `l7fp compile` and the tests; `emit_smt` writes each obligation as SMT-LIB2
+Used by `l7fp verify`, `l7fp run` (nothing loads unless it proves), `l7fp coverage`, the demo,
+`l7fp diff` (its `Budget`) and the tests; `emit_smt` writes each obligation as SMT-LIB2
 for a second solver (tests/proofs/test_cvc5.py).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """YAML/JSON loading that remembers the line of every mapping key, and a cursor for walking it.
 
-Used by every frontend (Envoy, Istio, DSL embeds) so that an error names file, line and key. A
+Used by the YAML frontends (Envoy, Istio) so that an error names file, line and key. A
 `Node` wraps a loaded value with its origin; `Node.fields(...)` rejects keys the caller does not
 model, which is how "nothing is silently ignored" is enforced. Envoy accepts both proto field names
 (snake_case) and their JSON names (camelCase); `Node` normalises keys to snake_case when looking them

@@ -4,7 +4,7 @@
 normalisation as Envoy's vendored chromium canonicaliser does it), then merge_slashes, to the path
 part only (the query is never touched). It returns the new path, or a local reply (400 or a 307
 redirect for UNESCAPE_AND_REDIRECT). Used by the interpreter; each rule is a measured fact in
-docs/semantics.md ("Path normalisation"). Characters the canonicaliser would escape or reject in ways
+docs/semantics.md ("Path handling, in Envoy's order"). Characters the canonicaliser would escape or reject in ways
 not measured raise `Unmodelled`.
 
 Also the path helpers every matcher shares: `strip_query` (what url_path, `path` and `safe_regex`

@@ -1,8 +1,9 @@
 """RE2 subset: parse Envoy `safe_regex` patterns with lark into a small AST, and match concretely.
 
 Used by the frontends (every regex in a policy is parsed here, so unsupported syntax is rejected at
-load time with the pattern and column), by the reference interpreter (full-match and rewrite), and
-later by the Z3 encoding (the AST maps one-to-one onto Z3's regex constructors).
+load time with the pattern and column), by the reference interpreter (full-match and rewrite), by the
+Z3 encoding (semantics/symbolic.py: the AST maps one-to-one onto Z3's regex constructors) and by
+the kernel's DFA tables (bpf/regex_dfa.py).
 
 Matching follows RE2 as Envoy uses it: `FullMatch` for matchers, `GlobalReplace` for rewrites, UTF-8
 text (a `.` is one code point). Values that are not valid UTF-8 are not modelled (`RegexInputError`).

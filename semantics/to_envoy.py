@@ -1,9 +1,10 @@
 """Policy IR -> an Envoy v3 bootstrap (a dict ready for YAML) that real Envoy runs.
 
-The inverse of frontends/envoy.py, used wherever a policy that did not start as an Envoy file must
-run in Envoy: the Istio frontend's output checked with `envoy --mode validate`, the Istio golden
-tests, and (later) the slow-path Envoy that `l7fp run` supervises. Cluster endpoints are taken from
-the IR, or from `endpoints` when the caller points clusters somewhere else (tests, the data plane).
+The inverse of frontends/envoy.py, used wherever L7FP runs a policy in Envoy from its IR: the Istio
+frontend's output checked with `envoy --mode validate`, the Istio golden tests, the Envoy that
+`l7fp fuzz --oracle envoy` runs, and the slow-path Envoy that `l7fp run` supervises
+(bpf/dataplane.py). Cluster endpoints are taken from the IR, or from `endpoints` when the caller
+points clusters somewhere else (tests, the data plane).
 """
 from __future__ import annotations
 

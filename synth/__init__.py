@@ -1,4 +1,5 @@
-"""synth/: Policy IR -> match-action DAG (networkx), offload classifier, kernel bounds.
+"""synth/: Policy IR -> match-action DAG (networkx): the synthesizer (compile.py), the DAG
+(dag.py), the kernel's bounds (bounds.py) and the offload classifier (offload.py).
 
-Not built yet (issue 3). It will consume l7fp.semantics.ir and feed l7fp.proofs and l7fp.bpf.
+Consumes l7fp.semantics.ir; feeds l7fp.proofs (the DAG is proven before use) and l7fp.bpf.
 """

@@ -4,7 +4,7 @@ plaintext HTTP/1.1 listener, and which go to Envoy, each with its reason.
 compile.py asks `matcher_punt`, `action_punt` and `policy_punt` while building the DAG: a construct
 with a punt reason becomes a PUNT leaf exactly where the reference would evaluate it, so requests
 that never reach it are still decided in kernel. `classify` summarises the same answers per filter,
-RBAC policy and route for `l7fp compile`, `l7fp verify` and `l7fp coverage`.
+RBAC policy and route for `l7fp verify` (refinement.py) and `l7fp coverage`.
 
 What the IR can hold and the kernel does not decide: headers Envoy's connection manager rewrites
 before the filters (x-forwarded-*, x-request-id, x-envoy-*, Host), remote_ip behind trusted XFF hops,

@@ -1,0 +1,1 @@
+"""Tests of the DSL frontend (semantics/frontends/dsl.py): parsing, errors, and its meaning against real Envoy."""

@@ -1,0 +1,1 @@
+"""Tests of the Istio frontend: istiod's golden translations and the corpus."""
