@@ -16,18 +16,24 @@ What it does, per downstream connection (docs/dataplane.md has the picture and t
    (semantics/wire.py) and acknowledges it in `acks`;
 4. punts: the same record; every byte of the connection from then on comes to the agent, which
    relays it to the supervised Envoy (PROXY protocol v1 carries the client's addresses, so Envoy's
-   RBAC sees them).
+   RBAC sees them);
+5. answer order: what the agent writes (a reply, Envoy's answers) waits until the responses to
+   requests the kernel forwarded before have ended and left the client socket's queue (the
+   program follows their framing: bpf/c/http1_response.h; docs/bugs/0008).
 
 Admin endpoint (`/stats?format=json`): `fast_path` (requests decided in kernel), `local_replies_in_kernel`
 (of those, local replies), `forwarded_in_kernel`, `punted` and `punts` by reason, `connections`,
 `agent_wakeups` (times the agent woke with work: accepts, replies, punts, hang-ups; not per fast-path
-request).
+request), `answers_held` (answers that waited for a forwarded response ahead of them) and
+`answers_untracked` (answers written on connections whose response framing the program stopped
+following, without that wait).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes as ct
 import errno
+import fcntl
 import json
 import os
 import select
@@ -36,6 +42,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +59,8 @@ from .loader import connection_state, load_program
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
+R_LOST = 2  # http1_response.h: the program no longer follows this connection's response framing
+_TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
@@ -147,17 +156,27 @@ class _Connection:
     acked: int = 0  # replies written (the agent is the only writer of `acks`)
     deadline: float = 0.0  # for the upstream connects
     connecting: int = 0  # upstream connects in flight
+    # Answer order (docs/bugs/0008). From the newest record: forwarded requests whose responses had
+    # not ended (-1: the program stopped following them), response bytes redirected to the client.
+    in_flight: int = 0
+    to_client: int = 0
+    written: int = 0  # bytes the agent wrote to the client
+    flushed: int = 0  # redirected bytes known to have entered the client socket's queue
+    held: list = field(default_factory=list)  # answers waiting for the responses ahead: (bytes, then)
 
     @property
     def owed(self) -> bool:
         """The program passed bytes to the agent that it has not handled: the punt, or a reply."""
         return self.punted or self.replies != self.acked
 
-    def learn(self, punted: bool, replies: int, reply: int) -> None:
+    def learn(self, punted: bool, replies: int, reply: int, in_flight: int = 0, to_client: int = 0) -> None:
         """Take a record (or the state in `conns`); one older than what is known is ignored (a
         record still in the ring after `conns` itself was read)."""
+        newer = 0 < (replies - self.replies) % 2**32 < 2**31  # the program's u32 counter
+        if newer or (punted and not self.punted) or to_client > self.to_client:
+            self.in_flight, self.to_client = in_flight, max(to_client, self.to_client)
         self.punted = self.punted or punted
-        if 0 < (replies - self.replies) % 2**32 < 2**31:  # the program's u32 counter, newer
+        if newer:
             self.replies, self.reply = replies, reply
 
     def sockets(self) -> list[socket.socket]:
@@ -166,7 +185,18 @@ class _Connection:
 
 class _AgentRecord(ct.Structure):  # struct agent_record, bpf/c/sk_skb.c
     _fields_ = [("cookie", ct.c_uint64), ("mode", ct.c_uint32), ("replies", ct.c_uint32),
-                ("reply", ct.c_uint32), ("pad", ct.c_uint32)]
+                ("reply", ct.c_uint32), ("in_flight", ct.c_uint32), ("to_client", ct.c_uint64)]
+
+
+def _in_flight(value: int) -> int:
+    return -1 if value == 0xFFFFFFFF else value
+
+
+def _queued_to(sock: socket.socket) -> int:
+    """Bytes that have entered the socket's send queue since it opened: acknowledged by the peer
+    (TCP_INFO) plus still queued (SIOCOUTQ)."""
+    acked = struct.unpack_from("Q", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128), _TCPI_BYTES_ACKED)[0]
+    return acked + struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 class _Readiness:
@@ -251,6 +281,8 @@ class DataPlane:
         self._connecting: dict[int, _Connection] = {}  # cookie -> connection whose upstreams connect
         self.connections = 0
         self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
+        self.answers_held = self.answers_untracked = 0
+        self._holding: dict[int, _Connection] = {}  # cookie -> connection with answers held
         self._by_fd: dict[int, _Connection] = {}
         self._by_cookie: dict[int, _Connection] = {}
         self._stopping = threading.Event()
@@ -415,7 +447,8 @@ class DataPlane:
     # ---- what the program tells the agent (bpf/c/sk_skb.c, `for_agent`) ------------------------
     def _on_record(self, _ctx, data, _size) -> int:
         record = ct.cast(data, ct.POINTER(_AgentRecord)).contents
-        self._records.append((record.cookie, record.mode, record.replies, record.reply))
+        self._records.append((record.cookie, record.mode, record.replies, record.reply,
+                              _in_flight(record.in_flight), record.to_client))
         return 0
 
     def _apply_records(self) -> None:
@@ -423,10 +456,10 @@ class DataPlane:
         read (`_read_told`)."""
         self.module.ring_buffer_consume()
         records, self._records = self._records, []
-        for cookie, mode, replies, reply in records:
+        for cookie, mode, replies, reply, in_flight, to_client in records:
             conn = self._by_cookie.get(cookie)
             if conn is not None:
-                conn.learn(mode == MODE_PUNTED, replies, reply)
+                conn.learn(mode == MODE_PUNTED, replies, reply, in_flight, to_client)
                 self._told[cookie] = conn
 
     def _read_told(self) -> None:
@@ -435,11 +468,19 @@ class DataPlane:
         while self._told:
             self._on_client(self._told.popitem()[1])
 
-    def _refresh(self, conn: _Connection) -> None:
-        """The connection's state from `conns` itself: for a record the ring dropped."""
+    def _state(self, conn: _Connection):
+        """The connection's `struct conn` as the program has it now (a copy), or None."""
         key, state = ct.c_uint64(conn.cookie), self._conns.Leaf()
         if self._lib.bpf_lookup_elem(self._conns_fd, ct.byref(key), ct.byref(state)) == 0:
-            conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply)
+            return state
+        return None
+
+    def _refresh(self, conn: _Connection) -> None:
+        """The connection's state from `conns` itself: for a record the ring dropped."""
+        state = self._state(conn)
+        if state is not None:
+            in_flight = -1 if state.rstate == R_LOST else (state.sent - state.done) % 2**32
+            conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply, in_flight, state.to_client)
 
     def _check_lost_records(self) -> None:
         """A full ring drops records (counted in `lost`): then refresh and read every connection,
@@ -470,22 +511,84 @@ class DataPlane:
             answer = self._reply_bytes(self.program.verdicts[conn.reply], data)
             if answer is not None:
                 reply, close = answer
-                if close:  # Envoy writes `connection: close` and closes: nothing follows
-                    conn.client.sendall(reply)
-                    self._close(conn)
-                    return
+                # Envoy writes `connection: close` and closes: nothing follows.
+                self._answer(conn, reply, "close" if close else "acknowledge")
+                return
+        if not conn.owed:  # bytes the program never judged (it did not pass them): Envoy judges them
+            self._count(self.connection_punts, UNJUDGED)
+        self._punt(conn, data)
+
+    # ---- answer order (docs/bugs/0008) ----------------------------------------------------------
+    def _answer(self, conn: _Connection, data: bytes, then: str | None = None) -> None:
+        """Write an answer of the agent's (a reply; Envoy's bytes) once every forwarded response
+        ahead of it has ended and left for the client; until then it waits, in order, in `held`.
+        `then`: "acknowledge" (a reply) or "close"."""
+        if conn.held or not self._responses_ahead_done(conn):
+            if not conn.held:
+                self.answers_held += 1
+            conn.held.append((data, then))
+            self._holding[conn.cookie] = conn
+            return
+        self._write(conn, data, then)
+
+    def _responses_ahead_done(self, conn: _Connection) -> bool:
+        if conn.in_flight == 0 and conn.to_client <= conn.flushed:  # what the record said suffices
+            return True
+        state = self._state(conn)
+        if state is None:
+            return True
+        if state.rstate == R_LOST:
+            self.answers_untracked += 1
+            return True
+        if state.sent != state.done:
+            return False
+        # Ended at the program; redirected bytes may still wait in the client's psock queue.
+        if state.to_client > conn.flushed and _queued_to(conn.client) != state.to_client + conn.written:
+            return False
+        conn.in_flight, conn.flushed = 0, state.to_client
+        return True
+
+    def _release_held(self) -> None:
+        for cookie, conn in list(self._holding.items()):
+            if conn.client.fileno() not in self._by_fd:
+                del self._holding[cookie]
+                continue
+            try:
+                if not self._responses_ahead_done(conn):
+                    continue
+            except OSError:  # the client left
+                self._close(conn)
+                continue
+            del self._holding[cookie]
+            held, conn.held = conn.held, []
+            for data, then in held:
+                if not self._write(conn, data, then):
+                    break
+
+    def _write(self, conn: _Connection, data: bytes, then: str | None) -> bool:
+        """Write to the client, then acknowledge or close; False if the connection is gone."""
+        try:
+            if then == "acknowledge":
                 # The reply enters the socket before the acknowledgement (answers stay in order: a
                 # response the kernel forwards later queues behind it), and leaves only after it:
                 # held by MSG_MORE, pushed by re-setting TCP_NODELAY, so the client cannot send its
                 # next request before the kernel knows the reply was written (that request would
                 # punt as "reply pending").
-                conn.client.sendall(reply, socket.MSG_MORE)
+                conn.client.sendall(data, socket.MSG_MORE)
+                conn.written += len(data)
                 self._acknowledge(conn)
                 conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return
-        if not conn.owed:  # bytes the program never judged (it did not pass them): Envoy judges them
-            self._count(self.connection_punts, UNJUDGED)
-        self._punt(conn, data)
+                return True
+            if data:
+                conn.client.sendall(data)
+                conn.written += len(data)
+        except OSError:
+            self._close(conn)
+            return False
+        if then == "close":
+            self._close(conn)
+            return False
+        return True
 
     def _acknowledge(self, conn: _Connection) -> None:
         key, value = ct.c_uint64(conn.cookie), ct.c_uint32(conn.replies)
@@ -535,17 +638,20 @@ class DataPlane:
     def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
         for data in _received(sock):
             if not data:
-                self._close(conn)
+                if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
+                    self._answer(conn, b"", "close")
+                else:
+                    self._close(conn)
                 return
-            try:
-                conn.client.sendall(data)
-            except OSError:
-                self._close(conn)
+            if sock is conn.envoy:
+                self._answer(conn, data)
+            elif not self._write(conn, data, None):
                 return
 
     def _close(self, conn: _Connection) -> None:
         if self._by_fd.pop(conn.client.fileno(), None) is None:
             return
+        self._holding.pop(conn.cookie, None)
         self._by_cookie.pop(conn.cookie, None)
         self._connecting.pop(conn.cookie, None)
         self._drop_upstreams(conn)
@@ -561,7 +667,8 @@ class DataPlane:
     # ---- loop ---------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         while not self._stopping.is_set():
-            ready = self.readiness.ready(timeout=0.2)
+            # Held answers are checked every millisecond: their release is not an event to wait on.
+            ready = self.readiness.ready(timeout=0.001 if self._holding else 0.2)
             self.agent_wakeups += bool(ready)
             for sock, (kind, conn) in ready:
                 if kind == "accept":
@@ -577,6 +684,8 @@ class DataPlane:
             self._check_lost_records()
             self._check_connect_deadlines()
             self._read_told()
+            if self._holding:
+                self._release_held()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -629,6 +738,7 @@ class DataPlane:
         return {"fast_path": forwarded + replies - agent, "forwarded_in_kernel": forwarded,
                 "local_replies_in_kernel": replies - agent, "punted": sum(punts.values()), "punts": punts,
                 "connections": self.connections, "agent_wakeups": self.agent_wakeups,
+                "answers_held": self.answers_held, "answers_untracked": self.answers_untracked,
                 "programs": [{"name": s.name, "verified_insns": s.verified_insns} for s in self.stats]}
 
 

@@ -200,9 +200,11 @@ def fill_tables(module, program: KernelProgram) -> None:
     table[ct.c_int(0)] = value
 
 
-# The kernel program is three programs joined by tail calls (each has its own verifier budget and
-# 512-byte stack): scan the header block, frame the request, run the DAG. Both entries name them so.
-PROGRAMS = ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")
+# The kernel program is programs joined by tail calls (each has its own verifier budget and 512-byte
+# stack): scan the header block, frame the request, run the DAG; the data plane's entry also follows
+# its upstreams' response framing (bpf/c/http1_response.h). `progs` slot k holds PROGRAMS[entry][k + 1].
+PROGRAMS = {"sk_skb": ("l7fp_entry", "l7fp_frame_request", "l7fp_decide", "l7fp_frame_response"),
+            "test_run": ("l7fp_entry", "l7fp_frame_request", "l7fp_decide")}
 # The two entries KernelProgram.source() builds, and the program type each is loaded as.
 BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_SK_SKB = 1, 14
 ENTRIES = {"sk_skb": BPF_PROG_TYPE_SK_SKB, "test_run": BPF_PROG_TYPE_SOCKET_FILTER}
@@ -216,13 +218,13 @@ class Loaded:
 
 
 def _load_programs(module, entry: str) -> tuple[list, list[ProgramStats]]:
-    """The three programs of a compiled entry through the verifier, and what it counted for each."""
-    functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS]
-    return functions, [program_stats(n, f.fd) for n, f in zip(PROGRAMS, functions)]
+    """The programs of a compiled entry through the verifier, and what it counted for each."""
+    functions = [load_function(module, name, ENTRIES[entry]) for name in PROGRAMS[entry]]
+    return functions, [program_stats(n, f.fd) for n, f in zip(PROGRAMS[entry], functions)]
 
 
 def load_program(program: KernelProgram, entry: str, what: str) -> Loaded:
-    """Compile one entry of `program`, load its three programs, chain them and fill the tables."""
+    """Compile one entry of `program`, load its programs, chain them and fill the tables."""
     module = compile_source(program.source(entry), what)
     functions, stats = _load_programs(module, entry)
     for index, function in enumerate(functions[1:]):

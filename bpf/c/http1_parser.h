@@ -73,6 +73,7 @@
 #define V_NO_UPSTREAM 11
 #define V_REPLY_PENDING 12
 #define V_REPLY_WITH_BODY 13
+#define V_ANSWER_ORDER 14
 
 #define MODE_FAST 0
 #define MODE_PUNTED 1
@@ -89,6 +90,17 @@ struct conn {
     u32 state;         /* scanner state at the end of the scan */
     u32 lines;         /* header lines seen */
     u32 end;           /* end of the request (header block + Content-Length body) */
+    /* Answer order (sk_skb.c, bpf/c/http1_response.h): each field has one writer, the request
+     * path or the response path, so neither needs atomics. */
+    u32 sent;          /* requests forwarded in kernel (request path) */
+    u32 fwd_slot;      /* the upstream slot the last of them went to (request path) */
+    u64 heads;         /* bit n % 64: forwarded request n was a HEAD (request path) */
+    u32 done;          /* responses to them the program has seen end (response path) */
+    u32 rstate;        /* R_HEAD, R_BODY or R_LOST (response path) */
+    u64 rleft;         /* body bytes the current response still has (response path) */
+    u64 to_client;     /* response bytes redirected to the client (response path) */
+    u32 roff;          /* where the next framing step starts in the current skb (response path) */
+    u32 rpad;
     u32 fo[N_FIELDS];  /* field offsets in buf */
     u32 fl[N_FIELDS];  /* field lengths */
     u32 count[N_SLOTS];

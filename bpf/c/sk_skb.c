@@ -9,7 +9,12 @@
  *              this kernel: docs/dataplane.md) and acknowledges it in `acks`;
  *   punt    -> the connection is marked punted and from then on every byte goes to the agent,
  *              which relays it to Envoy.
- * A request that arrives while a reply is unacknowledged punts, so answers never overtake each other.
+ * A request that arrives while a reply is unacknowledged punts, so a reply is never overtaken.
+ * Nor does any answer overtake a forwarded request's response (docs/bugs/0008): the program follows
+ * the responses' framing (http1_response.h) and counts forwards (`sent`) and response ends
+ * (`done`); a forward to another upstream while responses are in flight punts, and the agent
+ * writes its own answers (replies, Envoy's after a punt) only once done == sent and the bytes
+ * redirected to the client have left its socket's queue (`to_client`, checked against TCP_INFO).
  *
  * The agent does not watch sockets for bytes while their connection is on the fast path (each
  * segment's data_ready would wake it once per request, for nothing): every verdict that leaves bytes
@@ -33,7 +38,7 @@ BPF_HASH(peers, u64, struct sock_key, 65536);
 BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
 BPF_HASH(acks, u64, u32, 16384);
 BPF_ARRAY(tables, struct tables, 1);
-BPF_PROG_ARRAY(progs, 2);
+BPF_PROG_ARRAY(progs, 3);
 BPF_PERCPU_ARRAY(counts, u64, N_VERDICTS);
 BPF_RINGBUF_OUTPUT(for_agent, 16);
 BPF_ARRAY(lost, u64, 1);
@@ -53,12 +58,15 @@ struct agent_record {
     u32 mode;
     u32 replies;
     u32 reply;
-    u32 pad;
+    u32 in_flight;   /* forwarded requests whose responses have not ended; ~0: framing lost */
+    u64 to_client;   /* response bytes redirected to the client so far */
 };
 
 static __always_inline void l7fp_tell_agent(u64 cookie, const struct conn *c)
 {
-    struct agent_record r = {.cookie = cookie, .mode = c->mode, .replies = c->replies, .reply = c->reply, .pad = 0};
+    u32 in_flight = c->rstate == R_LOST ? ~0U : c->sent - c->done;
+    struct agent_record r = {.cookie = cookie, .mode = c->mode, .replies = c->replies, .reply = c->reply,
+                             .in_flight = in_flight, .to_client = c->to_client};
     if (for_agent.ringbuf_output(&r, sizeof(r), 0) < 0) {
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
@@ -93,8 +101,17 @@ int l7fp_entry(struct __sk_buff *skb)
 {
     u64 cookie = l7fp_cookie(skb);
     struct sock_key *peer = peers.lookup(&cookie);
-    if (peer) { /* a response: straight back to the client, before any other lookup */
+    if (peer) { /* a response: its framing followed, then straight back to the client */
         struct sock_key back = *peer;
+        struct conn *c = conns.lookup(&back.cookie);
+        if (c) {
+            c->to_client += skb->len;
+            if (c->rstate != R_LOST) {
+                c->roff = 0;
+                progs.call(skb, 2);
+                c->rstate = R_LOST; /* the tail call failed */
+            }
+        }
         return sockets.sk_redirect_hash(skb, &back, 0);
     }
     struct conn *c = conns.lookup(&cookie);
@@ -118,9 +135,20 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
     u32 word = t->verdict[v & (N_VERDICTS - 1)];
     u32 kind = word >> 16;
     if (kind == KIND_FORWARD) {
-        struct sock_key up = {.cookie = cookie, .slot = word & 0xffff, .pad = 0};
+        u32 slot = word & 0xffff;
+        u32 in_flight = c->sent - c->done;
+        /* Another upstream would answer before this one ends (or a HEAD bit would be reused). */
+        if (c->rstate != R_LOST && in_flight != 0 && (slot != c->fwd_slot || in_flight >= 63))
+            return l7fp_punt(c, cookie, V_ANSWER_ORDER);
+        struct sock_key up = {.cookie = cookie, .slot = slot, .pad = 0};
         if (sockets.sk_redirect_hash(skb, &up, 0) != SK_PASS)
             return l7fp_punt(c, cookie, V_NO_UPSTREAM);
+        u64 bit = 1ULL << (c->sent & 63);
+        u64 head = L7FP_ZERO((BYTE(c, 0) ^ 'H') | (BYTE(c, 1) ^ 'E') | (BYTE(c, 2) ^ 'A') | (BYTE(c, 3) ^ 'D') |
+                             (BYTE(c, 4) ^ ' '));
+        c->heads = (c->heads & ~bit) | (bit & (0 - head));
+        c->fwd_slot = slot;
+        c->sent += 1; /* before the upstream can answer: the redirect happens when this returns */
         l7fp_count(v);
         return SK_PASS;
     }
@@ -158,4 +186,20 @@ int l7fp_decide(struct __sk_buff *skb)
     if (!c || !t)
         return SK_PASS;
     return l7fp_act(skb, c, t, cookie, l7fp_dag(c, t));
+}
+
+/* Tail-called from l7fp_entry for each upstream segment (and from itself, one step each). */
+int l7fp_frame_response(struct __sk_buff *skb)
+{
+    u64 cookie = l7fp_cookie(skb);
+    struct sock_key *peer = peers.lookup(&cookie);
+    if (!peer)
+        return SK_DROP; /* the agent is closing this connection */
+    struct sock_key back = *peer;
+    struct conn *c = conns.lookup(&back.cookie);
+    if (c && l7fp_resp_step(skb, c)) {
+        progs.call(skb, 2);
+        c->rstate = R_LOST; /* past the kernel's tail-call limit */
+    }
+    return sockets.sk_redirect_hash(skb, &back, 0);
 }

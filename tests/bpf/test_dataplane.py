@@ -245,17 +245,18 @@ ALLOWED_02 = b"GET /api/x HTTP/1.1\r\nHost: a.test\r\n\r\n"
 DENIED_02 = b"GET /admin HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="docs/bugs/0008: an answer overtakes the response to an earlier forwarded "
-                                       "request when the two requests arrive in separate segments")
 @pytest.mark.parametrize("config,first,second,slow", [
     ("02_rbac_deny_normalized.yaml", ALLOWED_02, DENIED_02, "app"),  # forward, then a local reply
     ("03_routing.yaml", b"GET /v1/a HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
      b"GET /healthz HTTP/1.1\r\nHost: api.example.com\r\n\r\n", "v1"),  # two clusters
 ], ids=["then-local-reply", "then-other-cluster"])
 def test_pipelined_answers_across_segments_keep_envoys_order(running, config, first, second, slow):
+    """docs/bugs/0008: the second answer (a local reply; another cluster's response, which punts as
+    "answer order") waits for the first request's response, as in Envoy."""
     r = running(config)
     backend = r.envoy.backends[slow]
     backend.delay = 0.05  # the first upstream answers after the second request has arrived
+    before = r.plane.counters()
     try:
         want = _answers_to_two_segments(r.envoy.address, first, second)
         got = _answers_to_two_segments(r.address, first, second)
@@ -263,6 +264,125 @@ def test_pipelined_answers_across_segments_keep_envoys_order(running, config, fi
         backend.delay = 0.0
     assert len(want) == 2  # Envoy 1.40.0 answers both, in request order (RFC 9112 section 9.3.2)
     assert got == want
+    after = r.plane.counters()
+    assert after["answers_held"] > before["answers_held"], after
+    assert after["answers_untracked"] == before["answers_untracked"], after
+
+
+class ScriptedBackend:
+    """An upstream that answers each request (read to its blank line) with `script`: byte strings
+    written one by one, `gap` seconds apart, after `delay`."""
+
+    def __init__(self, script: list[bytes], delay: float = 0.05, gap: float = 0.02, together: bool = False):
+        # together: after `delay`, every request read by then is answered in one write.
+        self.script, self.delay, self.gap, self.together = script, delay, gap, together
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn, contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pending = b""
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    pending += chunk
+                pending = pending.partition(b"\r\n\r\n")[2]
+                time.sleep(self.delay)
+                if self.together:
+                    conn.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        pending += conn.recv(65536)
+                    conn.setblocking(True)
+                    conn.sendall(b"".join(self.script) * (1 + pending.count(b"\r\n\r\n")))
+                    pending = b""
+                    continue
+                for k, part in enumerate(self.script):
+                    if k:
+                        time.sleep(self.gap)
+                    conn.sendall(part)
+
+    def close(self):
+        self.sock.close()
+
+
+_CL_IN_PIECES = [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123", b"45", b"6789"]
+_FRAMINGS = {
+    # name: (first request, the upstream's answer to it in the segments it writes)
+    "content-length-in-pieces": (ALLOWED_02, _CL_IN_PIECES),
+    "head": (ALLOWED_02.replace(b"GET", b"HEAD"), [b"HTTP/1.1 200 OK\r\nContent-Length:  50 \r\n\r\n"]),
+    "204": (ALLOWED_02, [b"HTTP/1.1 204 No Content\r\nx-a: b\r\n\r\n"]),
+    "304": (ALLOWED_02, [b"HTTP/1.1 304 Not Modified\r\ncontent-length: 99\r\n\r\n"]),
+    "103-then-200": (ALLOWED_02, [b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+}
+
+
+@pytest.fixture(scope="module")
+def plane_in_front_of():
+    """`l7fp run`'s data plane for config 02, its cluster `app` answered by a ScriptedBackend."""
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    program = generate(compile_policy(policy), policy.hcm)
+
+    @contextlib.contextmanager
+    def start(script, **options):
+        backend, address = ScriptedBackend(script, **options), ("127.0.0.1", free_port())
+        try:
+            with DataPlane(policy, program, address, None, {"app": backend.address}).serving() as plane:
+                yield plane, address
+        finally:
+            backend.close()
+
+    return start
+
+
+def _read_through_the_403(sock: socket.socket) -> bytes:
+    """Everything the client receives up to the end of the 403 reply, whatever came before it."""
+    received = b""
+    while True:
+        head, blank, body = received[received.find(b"HTTP/1.1 403"):].partition(b"\r\n\r\n")
+        length = re.search(rb"\r\ncontent-length: (\d+)", head)
+        if b"HTTP/1.1 403" in received and blank and length and len(body) >= int(length.group(1)):
+            return received
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+
+
+@pytest.mark.parametrize("name", sorted(_FRAMINGS))
+def test_a_local_reply_waits_for_the_forwarded_response_to_end(plane_in_front_of, name):
+    """The response to a forwarded request ends where its framing says (Content-Length over several
+    segments, HEAD, 204, 304, an interim 1xx before the final response): the denied request
+    pipelined behind it gets its 403 only after the last byte of that response, and the kernel
+    followed the framing (nothing untracked). Mutants that miss any of these framings (a HEAD
+    response waiting for its Content-Length, a 1xx taken as final) fail here."""
+    first, script = _FRAMINGS[name]
+    with plane_in_front_of(script) as (plane, address):
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            response = b"".join(script)
+            sock.sendall(first)  # once alone, so that both pipelined segments meet the program
+            received = b""
+            while len(received) < len(response):
+                received += sock.recv(65536)
+            assert received == response
+            sock.sendall(first)
+            time.sleep(0.005)
+            sock.sendall(DENIED_02)
+            received = _read_through_the_403(sock)
+        counters = plane.counters()
+    assert received.startswith(response) and received[len(response):].startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert counters["answers_held"] == 1 and counters["answers_untracked"] == 0, counters
+    assert counters["punted"] == 0, counters["punts"]
 
 
 def test_an_older_record_does_not_undo_what_the_agent_knows():
@@ -433,3 +553,42 @@ def test_local_replies_with_closing_and_head(tmp_path, method, path, kernel, ser
     assert (undated(got), got_open) == (undated(want), want_open)
     assert want_open is (b"connection: close" not in want)
     assert counters["local_replies_in_kernel"] == int(kernel), counters
+
+
+def test_two_responses_in_one_segment_are_both_followed(plane_in_front_of):
+    """The upstream answers two pipelined requests in one write: the program frames both (one step
+    each, chained by tail calls), and the 403 behind them waits for the second."""
+    response = _CL_IN_PIECES[0] + b"".join(_CL_IN_PIECES[1:])
+    with plane_in_front_of([response], together=True) as (plane, address):
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(ALLOWED_02)
+            assert sock.recv(65536) == response
+            for raw in (ALLOWED_02, ALLOWED_02, DENIED_02):
+                sock.sendall(raw)
+                time.sleep(0.005)
+            received = _read_through_the_403(sock)
+        counters = plane.counters()
+    assert received.startswith(response * 2) and received[2 * len(response):].startswith(b"HTTP/1.1 403 "), received
+    assert counters["answers_held"] == 1 and counters["answers_untracked"] == 0, counters
+
+
+def test_a_chunked_response_is_not_followed_and_says_so(plane_in_front_of):
+    """The known limit (docs/bugs/0008): the program does not follow chunked framing. Both answers
+    still arrive, and the reply that could not wait for the response's end is counted."""
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    with plane_in_front_of([chunked]) as (plane, address):
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(ALLOWED_02)  # once alone, so that both pipelined segments meet the program
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                received += sock.recv(65536)
+            sock.sendall(ALLOWED_02)
+            time.sleep(0.005)
+            sock.sendall(DENIED_02)
+            received = _read_through_the_403(sock)
+            while chunked not in received:
+                received += sock.recv(65536)
+        counters = plane.counters()
+    assert counters["answers_untracked"] == 1, counters
