@@ -59,7 +59,6 @@ from .loader import connection_state, load_program
 BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
-R_LOST = 2  # http1_response.h: the program no longer follows this connection's response framing
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
@@ -153,7 +152,7 @@ class _Connection:
     punted: bool = False
     replies: int = 0  # local replies the program decided
     reply: int = 0  # verdict of the last one
-    acked: int = 0  # replies written (the agent is the only writer of `acks`)
+    taken: int = 0  # replies whose request the agent has read (written, or held: `held`)
     deadline: float = 0.0  # for the upstream connects
     connecting: int = 0  # upstream connects in flight
     # Answer order (docs/bugs/0008). From the newest record: forwarded requests whose responses had
@@ -167,7 +166,7 @@ class _Connection:
     @property
     def owed(self) -> bool:
         """The program passed bytes to the agent that it has not handled: the punt, or a reply."""
-        return self.punted or self.replies != self.acked
+        return self.punted or self.replies != self.taken
 
     def learn(self, punted: bool, replies: int, reply: int, in_flight: int = 0, to_client: int = 0) -> None:
         """Take a record (or the state in `conns`); one older than what is known is ignored (a
@@ -387,8 +386,8 @@ class DataPlane:
         try:
             for slot, upstream in enumerate(conn.upstreams, start=1):
                 upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                back = self._peers.Leaf()
-                back.cookie, back.slot = conn.cookie, 0
+                back = self._peers.Leaf()  # struct peer: the client's key, and this upstream's slot
+                back.client.cookie, back.client.slot, back.slot = conn.cookie, 0, slot
                 self._peers[ct.c_uint64(_cookie(upstream))] = back
                 self._insert(upstream, conn.cookie, slot)
                 # Upstream bytes always go back to the client in the kernel: only a hang-up is news.
@@ -434,7 +433,7 @@ class DataPlane:
     def _on_client(self, conn: _Connection) -> None:
         for data in _received(conn.client):
             if not data:
-                self._close(conn)
+                self._finish(conn)
                 return
             self._handle(conn, data)
         if conn.client.fileno() in self._by_fd:
@@ -479,7 +478,7 @@ class DataPlane:
         """The connection's state from `conns` itself: for a record the ring dropped."""
         state = self._state(conn)
         if state is not None:
-            in_flight = -1 if state.rstate == R_LOST else (state.sent - state.done) % 2**32
+            in_flight = -1 if state.untracked else (state.sent - state.done) % 2**32
             conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply, in_flight, state.to_client)
 
     def _check_lost_records(self) -> None:
@@ -508,11 +507,20 @@ class DataPlane:
             if not conn.owed:
                 self._refresh(conn)
         if conn.owed and not conn.punted:
-            answer = self._reply_bytes(self.program.verdicts[conn.reply], data)
+            # For a reply the program passed exactly one request, without a body (others punt);
+            # bytes read with it belong to the requests after it, passed under their own verdicts.
+            head, blank, rest = data.partition(b"\r\n\r\n")
+            request, rest = (head + blank, rest) if blank else (data, b"")
+            answer = self._reply_bytes(self.program.verdicts[conn.reply], request)
             if answer is not None:
                 reply, close = answer
+                # Taken now, written now or later: the bytes that follow are another request's (a
+                # held reply is not acknowledged yet, so the program punts the next one).
+                conn.taken = conn.replies
                 # Envoy writes `connection: close` and closes: nothing follows.
                 self._answer(conn, reply, "close" if close else "acknowledge")
+                if rest and conn.client.fileno() in self._by_fd:
+                    self._handle(conn, rest)
                 return
         if not conn.owed:  # bytes the program never judged (it did not pass them): Envoy judges them
             self._count(self.connection_punts, UNJUDGED)
@@ -537,7 +545,7 @@ class DataPlane:
         state = self._state(conn)
         if state is None:
             return True
-        if state.rstate == R_LOST:
+        if state.untracked:
             self.answers_untracked += 1
             return True
         if state.sent != state.done:
@@ -548,10 +556,22 @@ class DataPlane:
         conn.in_flight, conn.flushed = 0, state.to_client
         return True
 
-    def _release_held(self) -> None:
-        for cookie, conn in list(self._holding.items()):
+    def _finish(self, conn: _Connection) -> None:
+        """A hang-up (the client's, an upstream's). Held answers whose responses ahead have ended
+        (an upstream closes after its last response) are still written, once those responses'
+        bytes are queued, and the close waits behind them; otherwise close now."""
+        if conn.held and conn.client.fileno() in self._by_fd:
+            state = self._state(conn)
+            if state is not None and (state.untracked or state.sent == state.done):
+                conn.held.append((b"", "close"))
+                self._release_held(only=conn)
+                return
+        self._close(conn)
+
+    def _release_held(self, only: _Connection | None = None) -> None:
+        for cookie, conn in list(self._holding.items()) if only is None else [(only.cookie, only)]:
             if conn.client.fileno() not in self._by_fd:
-                del self._holding[cookie]
+                self._holding.pop(cookie, None)
                 continue
             try:
                 if not self._responses_ahead_done(conn):
@@ -559,7 +579,7 @@ class DataPlane:
             except OSError:  # the client left
                 self._close(conn)
                 continue
-            del self._holding[cookie]
+            self._holding.pop(cookie, None)
             held, conn.held = conn.held, []
             for data, then in held:
                 if not self._write(conn, data, then):
@@ -591,10 +611,12 @@ class DataPlane:
         return True
 
     def _acknowledge(self, conn: _Connection) -> None:
-        key, value = ct.c_uint64(conn.cookie), ct.c_uint32(conn.replies)
+        """Tell the program the reply is written (`acks`: the agent is its only writer). While a
+        reply is held, no other can follow it (the next request punts as "reply pending"), so the
+        count to acknowledge is the one it was taken at."""
+        key, value = ct.c_uint64(conn.cookie), ct.c_uint32(conn.taken)
         if self._lib.bpf_update_elem(self._acks_fd, ct.byref(key), ct.byref(value), 0) < 0:
             raise OSError(ct.get_errno(), "reply acknowledgement")
-        conn.acked = conn.replies
 
     def _reply_bytes(self, verdict, request: bytes) -> tuple[bytes, bool] | None:
         """Envoy's reply for a reply verdict and whether Envoy then closes the connection, or None
@@ -639,9 +661,10 @@ class DataPlane:
         for data in _received(sock):
             if not data:
                 if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
+                    self.readiness.unregister(sock)  # (level-triggered: it would report the EOF forever)
                     self._answer(conn, b"", "close")
                 else:
-                    self._close(conn)
+                    self._finish(conn)
                 return
             if sock is conn.envoy:
                 self._answer(conn, data)

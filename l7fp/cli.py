@@ -7,6 +7,7 @@ the stages; none of them holds semantics of its own.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -22,6 +23,20 @@ EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 
 class UsageError(Exception):
     pass
+
+
+def _positive(kind):
+    """An argparse type: a number above zero (a budget of 0 s would mean "no limit" to one solver
+    and "give up at once" to another)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--oracle", action="append", metavar="NAME",
                       help="reference, dag, kernel, envoy or dataplane; repeat or join with ',' "
                       "(default reference,dag)")
-    fuzz.add_argument("--max-examples", type=int, default=200, metavar="N", help="requests to generate (default 200)")
+    fuzz.add_argument("--max-examples", type=_positive(int), default=200, metavar="N", help="requests to generate (default 200)")
     fuzz.add_argument("--seed", type=int, default=0, metavar="S", help="Hypothesis seed (default 0): same seed, "
                       "same campaign")
     fuzz.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
@@ -101,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     cov.add_argument("directory", metavar="DIR", help="folder of Envoy, Istio or .l7fp documents (searched recursively)")
     cov.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
     cov.add_argument("--no-prove", action="store_true", help="skip the proofs (faster; `proven` is then null)")
-    cov.add_argument("--timeout", type=float, default=60.0, metavar="S", help="proof budget per query (s)")
+    cov.add_argument("--timeout", type=_positive(float), default=60.0, metavar="S", help="proof budget per query (s)")
 
     bench = sub.add_parser("bench", help="same-run throughput and latency: direct, Envoy, l7fp (wrk on loopback)",
                            description="Measure requests/s and p50/p99 latency with wrk on loopback, in one run: direct "
@@ -110,12 +125,12 @@ def _parser() -> argparse.ArgumentParser:
                            "p50_latency_envoy_over_l7fp, p50_latency_l7fp_over_direct per topology. Needs root, wrk "
                            "and envoy. Exit 0 all measured, 1 a measurement failed, 2 bad usage or a missing tool.")
     bench.add_argument("--quick", action="store_true", help="3 s per measurement instead of --duration")
-    bench.add_argument("--duration", type=int, default=10, metavar="S", help="seconds of load per measurement (10)")
-    bench.add_argument("--connections", type=int, default=8, metavar="N", help="wrk keep-alive connections (8)")
+    bench.add_argument("--duration", type=_positive(int), default=10, metavar="S", help="seconds of load per measurement (10)")
+    bench.add_argument("--connections", type=_positive(int), default=8, metavar="N", help="wrk keep-alive connections (8)")
     bench.add_argument("--topology", default="single,mesh", help="comma list of single,mesh (default both)")
     bench.add_argument("--only", default="direct,envoy,l7fp", help="comma list of direct,envoy,l7fp (default all)")
     bench.add_argument("--path", default="/api/bench", help="request path (default /api/bench: allowed)")
-    bench.add_argument("--envoy-concurrency", type=int, default=1, metavar="N",
+    bench.add_argument("--envoy-concurrency", type=_positive(int), default=1, metavar="N",
                        help="worker threads of each Envoy proxy (default 1, as a sidecar)")
     bench.add_argument("--backend", choices=("python", "envoy"), default="python",
                        help="asyncio child process (default, faster here) or an Envoy direct_response")
@@ -134,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", action="append", default=[], metavar="NAME=IP:PORT",
                      help="address of a cluster (repeatable); default: the config's endpoints")
     run.add_argument("--listener", help="listener name, when the bootstrap has several")
-    run.add_argument("--timeout", type=float, default=120.0, metavar="S", help="proof budget per query (s)")
-    run.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+    run.add_argument("--timeout", type=_positive(float), default=120.0, metavar="S", help="proof budget per query (s)")
+    run.add_argument("--connect-timeout", type=_positive(float), default=5.0, metavar="S",
                      help="per connection, for its upstream connects; then Envoy takes it (default 5)")
     return parser
 
@@ -144,15 +159,41 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json", "sarif", "junit"), default="text",
                         help="report format (default text)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
-    parser.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    parser.add_argument("--timeout", type=_positive(float), default=120.0, metavar="S",
                         help="solver time budget per query in seconds (default 120); running out is exit 3")
 
 
 def _address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"expected IP:PORT, got {text!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"expected IP:PORT (port 0..65535), got {text!r}")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise UsageError(f"expected IP:PORT, got {text!r}: {host!r} is not an IP address") from None
     return host.strip("[]"), int(port)
+
+
+# Where each command writes: (attribute, "file" or "dir"). Checked before any work starts, so that
+# a long proof or campaign does not end in a traceback over a path.
+_OUTPUTS = {"verify": (("output", "file"), ("emit_smt", "dir")), "diff": (("output", "file"),),
+            "compile": (("output", "dir"),), "fuzz": (("save", "dir"),), "bench": (("output", "file"),)}
+
+
+def _check_outputs(args) -> None:
+    for attribute, kind in _OUTPUTS.get(args.command, ()):
+        path = getattr(args, attribute, None)
+        if not path:
+            continue
+        flag = "--" + attribute.replace("_", "-")
+        if kind == "file":
+            if os.path.isdir(path):
+                raise UsageError(f"{flag} {path}: is a directory, expected a file")
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+        elif os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{flag} {path}: exists and is not a directory")
 
 
 def _fast_path(dag, request, policy):
@@ -199,7 +240,9 @@ def cmd_explain(args, out: Console) -> int:
     else:
         table = Table(title=f"l7fp explain (Envoy {ENVOY_VERSION} semantics)")
         for column in ("request", "action", "cluster / status", "upstream path / body", "rule", "kernel"):
-            table.add_column(column)
+            # The request file names stay whole (folded, never cut with an ellipsis): two requests
+            # must not look alike when the output is narrow, as in a pipe.
+            table.add_column(column, overflow="fold" if column == "request" else "ellipsis")
         for e in results:
             kernel = "decides" if e["fast_path"] is True else e["fast_path"]
             if e["action"] == "forward":
@@ -474,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args, Console())
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as shell tools do on SIGPIPE.

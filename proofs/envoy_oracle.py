@@ -13,6 +13,7 @@ import fcntl
 import functools
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -49,10 +50,33 @@ def checked_envoy_binary() -> str:
     return binary
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing is bound to now, below the kernel's ephemeral range: a port from that range
+    (what bind to port 0 gives) can be taken as the local port of some outgoing connection before
+    the caller binds it (seen in CI: "Address already in use" for a listener)."""
+    low = _ephemeral_low()
+    if low <= 2048:  # no room below the range: let the kernel choose
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(1024 + (low - 1024) // 3, low)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low} on {host}")
 
 
 def _require_free(address: tuple[str, int]) -> None:

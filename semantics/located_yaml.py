@@ -5,6 +5,7 @@ Used by the YAML frontends (Envoy, Istio) so that an error names file, line and 
 model, which is how "nothing is silently ignored" is enforced. Envoy accepts both proto field names
 (snake_case) and their JSON names (camelCase); `Node` normalises keys to snake_case when looking them
 up, but map-typed fields (RBAC policy names, labels) keep their keys as written.
+`read_policy_text` (also used by the DSL frontend) reads a policy file as UTF-8 text, or says why not.
 """
 from __future__ import annotations
 
@@ -70,14 +71,37 @@ class Document:
     root: "Node"
 
 
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the words of a config's author."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    for kind, name in ((dict, "a mapping"), (list, "a list"), (str, "a string"), (int, "an integer"),
+                       (float, "a number")):
+        if isinstance(value, kind):
+            return f"{name} ({value!r})" if kind in (int, float) else name
+    return "nothing (null)" if value is None else type(value).__name__
+
+
+def read_policy_text(path: str) -> str:
+    """The file's text; a ConfigError naming the file (and the line of the first byte that is not
+    UTF-8) when it cannot be read or is not text."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise ConfigError(Origin(path, 0, "(file)"), f"cannot read: {exc.strerror}") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(Origin(path, line, "(file)"),
+                          f"not UTF-8 text (byte {exc.start}): a policy is YAML, JSON or DSL text") from None
+
+
 def load_documents(path: str, text: str | None = None) -> list[Document]:
     """All non-empty documents in a YAML or JSON file, as `Node` trees."""
     if text is None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise ConfigError(Origin(path, 0, "(file)"), f"cannot read: {exc.strerror}") from exc
+        text = read_policy_text(path)
     try:
         raw_docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
@@ -129,7 +153,7 @@ class Node:
 
     def _require_map(self) -> dict:
         if not isinstance(self.value, dict):
-            raise self.error(f"expected a mapping, got {type(self.value).__name__}")
+            raise self.error(f"expected a mapping, got {_kind(self.value)}")
         return self.value
 
     def keys(self) -> list[str]:
@@ -185,14 +209,15 @@ class Node:
     # --- sequences and scalars ----------------------------------------------------------------
     def list(self) -> list["Node"]:
         if not isinstance(self.value, list):
-            raise self.error(f"expected a list, got {type(self.value).__name__}")
+            raise self.error(f"expected a list, got {_kind(self.value)}")
         lines = getattr(self.value, "item_lines", [self.line] * len(self.value))
         return [Node(v, self.file, lines[i], f"{self.path}[{i}]") for i, v in enumerate(self.value)]
 
     def str(self) -> str:
-        if isinstance(self.value, bool) or not isinstance(self.value, (str, int, float)):
-            raise self.error(f"expected a string, got {type(self.value).__name__}")
-        return str(self.value)
+        # Envoy's proto JSON parsing refuses a number where a string goes (`prefix: 5`): so does this.
+        if not isinstance(self.value, str):
+            raise self.error(f"expected a string, got {_kind(self.value)}")
+        return self.value
 
     def bool(self) -> bool:
         if not isinstance(self.value, bool):

@@ -52,3 +52,22 @@ def test_explain_unmodelled_request_exits_2(tmp_path):
     result = run("explain", str(EXAMPLE / "envoy.yaml"), "--request", str(req), "--json")
     assert result.returncode == 2
     assert json.loads(result.stdout)[0]["action"] == "unmodelled"
+
+
+def test_bad_usage_is_refused_before_any_work(tmp_path):
+    """Exit 2 with a message, never a traceback: output paths that cannot be written, budgets that
+    are not above zero, addresses that are not IP:PORT."""
+    config = str(EXAMPLE / "envoy.yaml")
+    cases = [
+        (("verify", config, "-o", str(tmp_path / "missing" / "x.json")), "does not exist"),
+        (("compile", config, "-o", config), "exists and is not a directory"),
+        (("verify", config, "--emit-smt", config), "exists and is not a directory"),
+        (("diff", config, config, "--timeout", "0"), "must be above 0"),
+        (("verify", config, "--timeout", "-1"), "must be above 0"),
+        (("explain", config, "--request", config, "--source", "1.2.3.4:99999"), "port 0..65535"),
+        (("explain", config, "--request", config, "--source", "nohost:80"), "is not an IP address"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)

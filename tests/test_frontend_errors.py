@@ -23,6 +23,14 @@ GOOD = (Path(__file__).parent / "envoy" / "configs" / "01_rbac_allow.yaml").read
      "bogus: 1", "url_path.bogus", "not modelled"),
     ("          stat_prefix: ingress", "          stat_prefix: ingress\n          server_header_transformation: DROP",
      "DROP", "server_header_transformation", "unknown server_header_transformation"),
+    # Envoy 1.40 runs an IPv6 listener; the model (and the kernel program) is IPv4 only: refused.
+    ("address: 127.0.0.1, port_value: 18101", 'address: "::1", port_value: 18101', "::1",
+     "socket_address.address", "IPv4 connections only"),
+    ("address: 127.0.0.1, port_value: 18101", "address: not.an.ip, port_value: 18101", "not.an.ip",
+     "socket_address.address", "not an IP address"),
+    # A number where Envoy's proto JSON parsing wants a string (Envoy refuses it too).
+    ("{prefix: /public/}", "{prefix: 5}", "prefix: 5", "path.prefix", "expected a string, got an integer (5)"),
+    ("{exact: GET}", "{exact: [GET, PUT]}", "[GET, PUT]", "string_match.exact", "expected a string, got a list"),
 ])
 def test_envoy_errors_point_at_the_line(tmp_path, old, new, line_of, key_fragment, message):
     assert old in GOOD
@@ -53,3 +61,35 @@ def test_random_fault_percentage_is_refused(tmp_path):
     assert path.read_text() != cfg
     with pytest.raises(ConfigError, match="random per request"):
         load_policy([str(path)])
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.yaml", b"", "no policy document in the file"),
+    ("comments.yaml", b"# nothing here\n---\n", "no policy document in the file"),
+    ("empty.l7fp", b"# nothing\n", "no statement in the file"),
+    ("binary.yaml", b"static_resources:\n  \xff\xfe\n", "not UTF-8 text"),
+])
+def test_files_without_a_policy_are_refused(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_policy([str(path)])
+    assert err.value.origin.file == str(path) and message in err.value.message
+    if name == "binary.yaml":
+        assert err.value.origin.line == 2
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ('respond 418 "I', 'respond 9999 "I', "respond status 9999 must be in [200, 600)"),
+    ("listener 127.0.0.1:18080", "listener 300.1.1.1:18080", "'300.1.1.1' is not an IPv4 address"),
+    ("cluster books 127.0.0.1:18081", "cluster books 127.0.0.1:99999", "port 99999 is not in 1..65535"),
+])
+def test_dsl_values_envoy_would_refuse_are_refused(tmp_path, old, new, message):
+    text = (Path(__file__).parents[1] / "examples" / "bookstore" / "bookstore.l7fp").read_text()
+    assert old in text
+    path = tmp_path / "p.l7fp"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_policy([str(path)])
+    assert message in err.value.message
+    assert err.value.origin.line == next(i for i, l in enumerate(path.read_text().splitlines(), 1) if new in l)

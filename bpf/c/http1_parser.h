@@ -91,16 +91,17 @@ struct conn {
     u32 lines;         /* header lines seen */
     u32 end;           /* end of the request (header block + Content-Length body) */
     /* Answer order (sk_skb.c, bpf/c/http1_response.h): each field has one writer, the request
-     * path or the response path, so neither needs atomics. */
+     * path or the response path of the upstream requests were forwarded to (bytes from any other
+     * upstream only set `untracked`, and `to_client` is added to atomically). */
     u32 sent;          /* requests forwarded in kernel (request path) */
     u32 fwd_slot;      /* the upstream slot the last of them went to (request path) */
     u64 heads;         /* bit n % 64: forwarded request n was a HEAD (request path) */
     u32 done;          /* responses to them the program has seen end (response path) */
-    u32 rstate;        /* R_HEAD, R_BODY or R_LOST (response path) */
+    u32 rstate;        /* R_HEAD or R_BODY (response path) */
     u64 rleft;         /* body bytes the current response still has (response path) */
     u64 to_client;     /* response bytes redirected to the client (response path) */
     u32 roff;          /* where the next framing step starts in the current skb (response path) */
-    u32 rpad;
+    u32 untracked;     /* set for good when the framing is not followed (any path) */
     u32 fo[N_FIELDS];  /* field offsets in buf */
     u32 fl[N_FIELDS];  /* field lengths */
     u32 count[N_SLOTS];

@@ -11,18 +11,17 @@
  * previous response, lies whole within one segment's first RESP_WINDOW bytes, starts
  * "HTTP/1.1 NNN", and is framed by one plain Content-Length, by a status without a body
  * (1xx interim, 204, 304) or by the request being a HEAD. Anything else (chunked, a body to the
- * close, a split head, 101, a second Content-Length, bytes nobody asked for) sets R_LOST for the
- * rest of the connection: from then on answers are written without waiting (the behaviour before
- * this tracker), which the agent counts. R_LOST never claims an end, so it cannot reorder more
+ * close, a split head, 101, a second Content-Length, bytes nobody asked for, bytes from an upstream other than the one the requests in flight went to)
+ * sets `untracked` for the rest of the connection: from then on answers are written without waiting (the behaviour before
+ * this tracker), which the agent counts. `untracked` never claims an end, so it cannot reorder more
  * than before.
  *
  * Each program run takes one step (a body's remainder, or one head) and tail-calls itself for
- * the next response in the same segment; a step that cannot tail-call (the kernel allows 33) is
- * R_LOST too.
+ * the next response in the same segment; a step that cannot tail-call (the kernel allows 33)
+ * leaves the connection untracked too.
  */
 #define R_HEAD 0
 #define R_BODY 1
-#define R_LOST 2
 
 #define RESP_WINDOW 1024
 #define RESP_BUF (2 * RESP_WINDOW)
@@ -99,7 +98,7 @@ static __always_inline u64 l7fp_resp_length(const struct resp_scratch *s, u64 at
     return value;
 }
 
-/* One head at s->buf[0..take): its length and the body length it announces, or 0 (R_LOST). */
+/* One head at s->buf[0..take): its length and the body length it announces, or 0 (untracked). */
 static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 is_head, u64 *body, u64 *interim)
 {
     u64 w = 0, lines = 0, i;
@@ -169,7 +168,7 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
 static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
 {
     u64 len = skb->len, off = c->roff;
-    if (c->rstate == R_LOST || off >= len)
+    if (c->untracked || off >= len)
         return 0;
     if (c->rstate == R_BODY) {
         u64 rest = len - off;
@@ -185,13 +184,13 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
         return off < len;
     }
     if (c->done == c->sent) { /* a response nobody asked for */
-        c->rstate = R_LOST;
+        c->untracked = 1;
         return 0;
     }
     u32 zero = 0;
     struct resp_scratch *s = resp_scratch.lookup(&zero);
     if (!s) {
-        c->rstate = R_LOST;
+        c->untracked = 1;
         return 0;
     }
     u64 take = len - off;
@@ -199,14 +198,14 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
         take = RESP_WINDOW;
     s->buf[take & (RESP_BUF - 1)] = 0;
     if (take == 0 || bpf_skb_load_bytes(skb, off, s->buf, take) < 0) {
-        c->rstate = R_LOST;
+        c->untracked = 1;
         return 0;
     }
     u64 body = 0, interim = 0;
     u64 is_head = (c->heads >> (c->done & 63)) & 1;
     u64 head = l7fp_resp_head(s, take, is_head, &body, &interim);
     if (head == 0) {
-        c->rstate = R_LOST;
+        c->untracked = 1;
         return 0;
     }
     off += head;

@@ -33,8 +33,15 @@ struct sock_key {
 /* bcc 0.26 declares bpf_get_socket_cookie as returning 32 bits; cookies are 64. */
 static u64 (*l7fp_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 
+/* An upstream socket's peer: the client its bytes go back to, and its own slot. */
+struct peer {
+    struct sock_key client;
+    u32 slot;
+    u32 pad;
+};
+
 BPF_SOCKHASH(sockets, struct sock_key, 65536);
-BPF_HASH(peers, u64, struct sock_key, 65536);
+BPF_HASH(peers, u64, struct peer, 65536);
 BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
 BPF_HASH(acks, u64, u32, 16384);
 BPF_ARRAY(tables, struct tables, 1);
@@ -64,9 +71,14 @@ struct agent_record {
 
 static __always_inline void l7fp_tell_agent(u64 cookie, const struct conn *c)
 {
-    u32 in_flight = c->rstate == R_LOST ? ~0U : c->sent - c->done;
+    /* `done` before `to_client`: the response path adds to `to_client` before it counts the end,
+     * so a record that shows the end also shows its bytes (x86 keeps loads in order). */
+    u32 done = *(volatile const u32 *)&c->done;
+    asm volatile("" ::: "memory");
+    u64 to_client = *(volatile const u64 *)&c->to_client;
+    u32 in_flight = *(volatile const u32 *)&c->untracked ? ~0U : c->sent - done;
     struct agent_record r = {.cookie = cookie, .mode = c->mode, .replies = c->replies, .reply = c->reply,
-                             .in_flight = in_flight, .to_client = c->to_client};
+                             .in_flight = in_flight, .to_client = to_client};
     if (for_agent.ringbuf_output(&r, sizeof(r), 0) < 0) {
         u32 zero = 0;
         u64 *n = lost.lookup(&zero);
@@ -100,16 +112,20 @@ static __always_inline struct conn *l7fp_conn(struct __sk_buff *skb, u64 *cookie
 int l7fp_entry(struct __sk_buff *skb)
 {
     u64 cookie = l7fp_cookie(skb);
-    struct sock_key *peer = peers.lookup(&cookie);
+    struct peer *peer = peers.lookup(&cookie);
     if (peer) { /* a response: its framing followed, then straight back to the client */
-        struct sock_key back = *peer;
+        if (skb->len == 0)
+            return SK_PASS; /* the upstream's FIN: redirected, an empty skb fails the client with EPIPE */
+        struct sock_key back = peer->client;
         struct conn *c = conns.lookup(&back.cookie);
         if (c) {
-            c->to_client += skb->len;
-            if (c->rstate != R_LOST) {
+            __sync_fetch_and_add(&c->to_client, skb->len);
+            if (peer->slot != c->fwd_slot) /* not the upstream the requests in flight went to */
+                c->untracked = 1;
+            if (!c->untracked) {
                 c->roff = 0;
                 progs.call(skb, 2);
-                c->rstate = R_LOST; /* the tail call failed */
+                c->untracked = 1; /* the tail call failed */
             }
         }
         return sockets.sk_redirect_hash(skb, &back, 0);
@@ -138,7 +154,7 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
         u32 slot = word & 0xffff;
         u32 in_flight = c->sent - c->done;
         /* Another upstream would answer before this one ends (or a HEAD bit would be reused). */
-        if (c->rstate != R_LOST && in_flight != 0 && (slot != c->fwd_slot || in_flight >= 63))
+        if (!c->untracked && in_flight != 0 && (slot != c->fwd_slot || in_flight >= 63))
             return l7fp_punt(c, cookie, V_ANSWER_ORDER);
         struct sock_key up = {.cookie = cookie, .slot = slot, .pad = 0};
         if (sockets.sk_redirect_hash(skb, &up, 0) != SK_PASS)
@@ -192,14 +208,14 @@ int l7fp_decide(struct __sk_buff *skb)
 int l7fp_frame_response(struct __sk_buff *skb)
 {
     u64 cookie = l7fp_cookie(skb);
-    struct sock_key *peer = peers.lookup(&cookie);
+    struct peer *peer = peers.lookup(&cookie);
     if (!peer)
         return SK_DROP; /* the agent is closing this connection */
-    struct sock_key back = *peer;
+    struct sock_key back = peer->client;
     struct conn *c = conns.lookup(&back.cookie);
     if (c && l7fp_resp_step(skb, c)) {
         progs.call(skb, 2);
-        c->rstate = R_LOST; /* past the kernel's tail-call limit */
+        c->untracked = 1; /* past the kernel's tail-call limit */
     }
     return sockets.sk_redirect_hash(skb, &back, 0);
 }

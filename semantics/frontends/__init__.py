@@ -26,7 +26,10 @@ def load_policy(paths: list[str], listener: str | None = None, workload=None) ->
         if path.endswith(".l7fp"):
             dsl_files.append(path)
             continue
-        for doc in load_documents(path):
+        documents = load_documents(path)
+        if not documents:
+            raise ConfigError(Origin(path, 0, "(file)"), "no policy document in the file (empty, or only comments)")
+        for doc in documents:
             root = doc.root
             if not root.is_map():
                 raise root.error("expected a mapping at the top of the document")

@@ -7,6 +7,7 @@ routes of a single virtual host in order. Errors name file, line and column.
 from __future__ import annotations
 
 import ast
+import ipaddress
 from pathlib import Path
 
 from lark import Lark, Token, Tree
@@ -14,6 +15,7 @@ from lark.exceptions import UnexpectedInput
 
 from .. import ir
 from ..errors import ConfigError, Origin
+from ..located_yaml import read_policy_text
 from ..regex import parse_at
 
 _PARSER = Lark(Path(__file__).with_name("dsl.lark").read_text(), parser="lalr", propagate_positions=True)
@@ -87,21 +89,20 @@ def policy_from_files(paths: list[str]) -> ir.Policy:
     groups: dict[str, list[ir.RbacPolicy]] = {"deny": [], "allow": []}
     routes: list[ir.Route] = []
     for path in paths:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(Origin(path, 0, "(file)"), f"cannot read: {exc.strerror}") from None
+        text = read_policy_text(path)
         f = _File(path)
-        for stmt in _parse(path, text).children:
+        statements = _parse(path, text).children
+        if not statements:
+            raise ConfigError(Origin(path, 0, "(file)"), "no statement in the file (empty, or only comments)")
+        for stmt in statements:
             kids = stmt.children
             if stmt.data == "listener":
-                host, port = str(kids[0]).rsplit(":", 1)
-                listener = (host, int(port))
+                listener = _ipv4_address(f, kids[0], "listener")
             elif stmt.data == "options":
                 hcm.update({str(k): True for k in kids})
             elif stmt.data == "cluster":
-                host, port = str(kids[1]).rsplit(":", 1)
-                clusters[str(kids[0])] = ir.Cluster(str(kids[0]), ((host, int(port)),), f.origin(stmt, "cluster"))
+                address = _ipv4_address(f, kids[1], f"cluster {kids[0]}")
+                clusters[str(kids[0])] = ir.Cluster(str(kids[0]), (address,), f.origin(stmt, "cluster"))
             elif stmt.data == "rbac":
                 action, name = str(kids[0]), f.string(kids[1])
                 sides: set = set()
@@ -128,6 +129,18 @@ def policy_from_files(paths: list[str]) -> ir.Policy:
                      tuple(clusters.values()), tuple(paths))
 
 
+def _ipv4_address(f: _File, token: Token, key: str) -> tuple[str, int]:
+    """IP:PORT as the grammar lets it through, checked: a dotted IPv4 address and a port."""
+    host, port = str(token).rsplit(":", 1)
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(f.origin(token, key), f"{host!r} is not an IPv4 address") from None
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f.origin(token, key), f"port {port} is not in 1..65535")
+    return host, int(port)
+
+
 def _route(f: _File, stmt: Tree, index: int) -> ir.Route:
     kids = stmt.children
     kind = {"prefix": "prefix", "path": "path", "regex": "safe_regex"}[str(kids[0])]
@@ -151,6 +164,8 @@ def _route(f: _File, stmt: Tree, index: int) -> ir.Route:
             raise ConfigError(o, "'rewrite' needs a prefix route")
         action = ir.ForwardAction(str(a[0]), prefix_rewrite=rewrite, origin=o)
     elif action_tree.data == "respond":
+        if not 200 <= int(a[0]) < 600:  # Envoy's direct_response.status bound
+            raise ConfigError(o, f"respond status {a[0]} must be in [200, 600)")
         action = ir.DirectResponseAction(int(a[0]), f.string(a[1]) if len(a) > 1 else "", o)
     else:
         code = int(a[1]) if len(a) > 1 else 301

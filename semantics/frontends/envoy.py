@@ -7,6 +7,8 @@ request handling and are not modelled are errors (file:line: key); fields listed
 """
 from __future__ import annotations
 
+import ipaddress
+
 from .. import ir
 from ..errors import ConfigError
 from ..located_yaml import Node
@@ -82,6 +84,13 @@ def _listener(node: Node, clusters) -> ir.Policy:
     sock = node.req("address").req("socket_address")
     sock.fields({"address", "port_value"}, inert={"protocol"})
     address = (sock.req("address").str(), sock.req("port_value").int())
+    try:
+        ipaddress.IPv4Address(address[0])
+    except ValueError:
+        model = "L7FP models IPv4 connections only" if ":" in address[0] else "not an IP address"
+        raise sock.req("address").error(f"listener address {address[0]!r}: {model}") from None
+    if not 0 <= address[1] < 65536:
+        raise sock.req("port_value").error(f"port {address[1]} is not in 0..65535")
     chains = node.req("filter_chains").list()
     if len(chains) != 1:
         raise node.req("filter_chains").error("exactly one filter chain is modelled")
