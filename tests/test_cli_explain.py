@@ -71,3 +71,38 @@ def test_bad_usage_is_refused_before_any_work(tmp_path):
         result = run(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_a_gate_report_names_the_bad_input(tmp_path):
+    """verify/diff with --format sarif or junit and bad input: exit 2, and the report file exists
+    and points at the file and line (a CI job uploads it whatever the exit code)."""
+    import xml.etree.ElementTree as ET
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLE / "envoy.yaml").read_text().replace("stat_prefix:", "stat_prefixx:", 1))
+    line = next(i for i, l in enumerate(bad.read_text().splitlines(), 1) if "stat_prefixx" in l)
+    sarif, junit = tmp_path / "v.sarif", tmp_path / "d.xml"
+    assert run("verify", str(bad), "--format", "sarif", "-o", str(sarif)).returncode == 2
+    result = json.loads(sarif.read_text())["runs"][0]["results"][0]
+    assert result["ruleId"] == "l7fp/input" and "stat_prefixx" in result["message"]["text"]
+    location = result["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == str(bad) and location["region"]["startLine"] == line
+    assert run("diff", str(EXAMPLE / "envoy.yaml"), str(bad), "--format", "junit", "-o", str(junit)).returncode == 2
+    failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
+    assert failure is not None and f"{bad}:{line}" in failure.get("message")
+
+
+def test_gates_refuse_what_envoy_refuses(tmp_path):
+    """A field the frontends leave to Envoy (a cluster's), misspelt: `verify` (and every gate) runs
+    envoy --mode validate (Envoy 1.40.0) and refuses the file at that line, instead of proving a
+    policy that would not deploy."""
+    text = (EXAMPLE / "envoy.yaml").read_text()
+    for old, new, key in (("connect_timeout:", "conect_timeout:", "clusters[0].conect_timeout"),
+                          ("type: STATIC", "type: STATICX", "")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace(old, new, 1))
+        line = next(i for i, l in enumerate(bad.read_text().splitlines(), 1) if new in l)
+        result = run("verify", str(bad), "--timeout", "30")
+        assert result.returncode == 2, result.stderr
+        assert f"{bad}:{line}: " in result.stderr and key in result.stderr, result.stderr
+        assert "refuses this config" in result.stderr
