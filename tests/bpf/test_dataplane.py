@@ -26,7 +26,7 @@ import time
 import pytest
 
 from l7fp.bpf.codegen import generate
-from l7fp.bpf.dataplane import UPSTREAM_UNREACHABLE, DataPlane, _Connection
+from l7fp.bpf.dataplane import UPSTREAM_UNREACHABLE, DataPlane, SlowPath, _Connection
 from l7fp.proofs.envoy_oracle import EchoBackend, EnvoyOracle, free_port, outcome_of, send_raw
 from l7fp.semantics.frontends import load_policy
 from l7fp.synth.compile import compile_policy
@@ -658,3 +658,41 @@ def test_an_upstream_closing_after_its_response_releases_the_held_answer(plane_i
             time.sleep(0.005)
             sock.sendall(DENIED_02)
             assert _statuses(sock, 2) == [b"200", b"403"]
+
+
+def _one_at_a_time(sock: socket.socket) -> list[str]:
+    """allowed, denied, allowed on one connection, each sent after the previous answer: the status
+    lines, and "closed" where the connection ended instead."""
+    seen = []
+    with sock:
+        sock.settimeout(3)
+        for raw in (ALLOWED_02, DENIED_02, ALLOWED_02):
+            try:
+                sock.sendall(raw)
+                seen.append(_statuses(sock, 1)[0].decode())
+            except (OSError, IndexError):
+                seen.append("closed")
+                break
+    return seen
+
+
+@pytest.mark.xfail(strict=True, reason="docs/bugs/0011: when an upstream closes its connection, l7fp closes "
+                                       "the client's (Envoy keeps it and answers the next requests)")
+def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy():
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"],
+                              delay=0.0, close=True)
+    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
+    try:
+        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
+        to_envoy.setblocking(True)
+        want = _one_at_a_time(to_envoy)
+        address = ("127.0.0.1", free_port())
+        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                       {"app": backend.address}).serving():
+            got = _one_at_a_time(socket.create_connection(address, timeout=5))
+    finally:
+        envoy.close()
+        backend.close()
+    assert want == ["200", "403", "200"]  # Envoy drops the upstream's `connection: close`, keeps the client
+    assert got == want
