@@ -60,6 +60,7 @@ BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
+ACK_TO_ENVOY = 0x80000000  # sk_skb.c: in `acks`, the connection's next requests are Envoy's
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
@@ -556,6 +557,23 @@ class DataPlane:
         conn.in_flight, conn.flushed = 0, state.to_client
         return True
 
+    def _hand_over_after_upstream_close(self, conn: _Connection) -> bool:
+        """An upstream closed its connection (an idle timeout; `connection: close`). If nothing is
+        in flight, the client's connection stays open, as with Envoy (docs/bugs/0011): its next
+        requests punt ("upstream closed", a flag in `acks`) and Envoy, which opens its own upstream
+        connections, answers them. Else (a response cut short, framing not followed): False."""
+        state = self._state(conn)
+        if state is None or conn.punted or conn.held or state.untracked or state.sent != state.done:
+            return False
+        self._write_ack(conn, (conn.taken & ~ACK_TO_ENVOY) | ACK_TO_ENVOY)
+        after = self._state(conn)
+        if after is None or after.sent != state.sent:  # a request went to the upstreams meanwhile
+            return False
+        self._drop_upstreams(conn)
+        conn.punted = True
+        self.readiness.watch_bytes(conn.client, True)
+        return True
+
     def _finish(self, conn: _Connection) -> None:
         """A hang-up (the client's, an upstream's). Held answers whose responses ahead have ended
         (an upstream closes after its last response) are still written, once those responses'
@@ -614,8 +632,11 @@ class DataPlane:
         """Tell the program the reply is written (`acks`: the agent is its only writer). While a
         reply is held, no other can follow it (the next request punts as "reply pending"), so the
         count to acknowledge is the one it was taken at."""
-        key, value = ct.c_uint64(conn.cookie), ct.c_uint32(conn.taken)
-        if self._lib.bpf_update_elem(self._acks_fd, ct.byref(key), ct.byref(value), 0) < 0:
+        self._write_ack(conn, conn.taken & ~ACK_TO_ENVOY)
+
+    def _write_ack(self, conn: _Connection, value: int) -> None:
+        key, word = ct.c_uint64(conn.cookie), ct.c_uint32(value)
+        if self._lib.bpf_update_elem(self._acks_fd, ct.byref(key), ct.byref(word), 0) < 0:
             raise OSError(ct.get_errno(), "reply acknowledgement")
 
     def _reply_bytes(self, verdict, request: bytes) -> tuple[bytes, bool] | None:
@@ -663,7 +684,7 @@ class DataPlane:
                 if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
                     self.readiness.unregister(sock)  # (level-triggered: it would report the EOF forever)
                     self._answer(conn, b"", "close")
-                else:
+                elif not self._hand_over_after_upstream_close(conn):
                     self._finish(conn)
                 return
             if sock is conn.envoy:

@@ -74,6 +74,7 @@
 #define V_REPLY_PENDING 12
 #define V_REPLY_WITH_BODY 13
 #define V_ANSWER_ORDER 14
+#define V_UPSTREAM_CLOSED 15
 
 #define MODE_FAST 0
 #define MODE_PUNTED 1

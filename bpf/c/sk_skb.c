@@ -43,7 +43,10 @@ struct peer {
 BPF_SOCKHASH(sockets, struct sock_key, 65536);
 BPF_HASH(peers, u64, struct peer, 65536);
 BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
+/* Replies the agent has written (low 31 bits); ACK_TO_ENVOY: the agent hands the connection's next
+ * requests to Envoy (an upstream closed its connection). */
 BPF_HASH(acks, u64, u32, 16384);
+#define ACK_TO_ENVOY 0x80000000U
 BPF_ARRAY(tables, struct tables, 1);
 BPF_PROG_ARRAY(progs, 3);
 BPF_PERCPU_ARRAY(counts, u64, N_VERDICTS);
@@ -137,7 +140,10 @@ int l7fp_entry(struct __sk_buff *skb)
     if (c->mode != MODE_FAST || skb->len == 0)
         return SK_PASS;
     u32 *acked = acks.lookup(&cookie);
-    if (c->replies != (acked ? *acked : 0))
+    u32 ack = acked ? *acked : 0;
+    if (ack & ACK_TO_ENVOY)
+        return l7fp_punt(c, cookie, V_UPSTREAM_CLOSED);
+    if ((c->replies ^ ack) & ~ACK_TO_ENVOY)
         return l7fp_punt(c, cookie, V_REPLY_PENDING);
     if (l7fp_load(skb, c) < 0)
         return l7fp_punt(c, cookie, V_INCOMPLETE);

@@ -676,9 +676,9 @@ def _one_at_a_time(sock: socket.socket) -> list[str]:
     return seen
 
 
-@pytest.mark.xfail(strict=True, reason="docs/bugs/0011: when an upstream closes its connection, l7fp closes "
-                                       "the client's (Envoy keeps it and answers the next requests)")
 def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy():
+    """docs/bugs/0011: the upstream answers `connection: close` and closes; the client's next
+    requests on the same connection get Envoy's answers (the connection is handed to Envoy)."""
     policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
     backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"],
                               delay=0.0, close=True)
