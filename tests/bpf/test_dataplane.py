@@ -269,7 +269,7 @@ def test_pipelined_answers_across_segments_keep_envoys_order(running, config, fi
     assert after["answers_untracked"] == before["answers_untracked"], after
 
 
-class ScriptedBackend:
+class ScriptedBackend(EchoBackend):
     """An upstream that answers each request (read to its blank line) with `script`: byte strings
     written one by one, `gap` seconds apart, after `delay`."""
 
@@ -277,18 +277,12 @@ class ScriptedBackend:
                  close: bool = False):
         # together: after `delay`, every request read by then is answered in one write;
         # close: the connection is closed after the first answer.
-        self.script, self.delay, self.gap, self.together, self.close_after = script, delay, gap, together, close
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = self.sock.getsockname()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.script, self.gap, self.together, self.close_after = script, gap, together, close
+        super().__init__("scripted")
+        self.delay = delay
+        self.address = ("127.0.0.1", self.port)
 
-    def _serve(self):
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
+    def _handle(self, conn):
         with conn, contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending = b""
@@ -314,9 +308,6 @@ class ScriptedBackend:
                     conn.sendall(part)
                 if self.close_after:
                     return
-
-    def close(self):
-        self.sock.close()
 
 
 _CL_IN_PIECES = [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123", b"45", b"6789"]
