@@ -7,21 +7,26 @@
  * Envoy does; docs/bugs/0008). The request path counts forwards (`sent`, and which were HEAD); this
  * counts ends (`done`). A connection is "answered" when done == sent.
  *
- * One shape is followed: a response head that starts at a segment boundary or right after the
- * previous response, lies whole within one segment's first RESP_WINDOW bytes, starts
- * "HTTP/1.1 NNN", and is framed by one plain Content-Length, by a status without a body
- * (1xx interim, 204, 304) or by the request being a HEAD. Anything else (chunked, a body to the
- * close, a split head, 101, a second Content-Length, bytes nobody asked for, bytes from an upstream other than the one the requests in flight went to)
- * sets `untracked` for the rest of the connection: from then on answers are written without waiting (the behaviour before
- * this tracker), which the agent counts. `untracked` never claims an end, so it cannot reorder more
- * than before.
+ * What is followed: a response head that starts at a segment boundary or right after the previous
+ * response, lies whole within one segment's first RESP_WINDOW bytes, starts "HTTP/1.1 NNN", and is
+ * framed by one plain Content-Length, by chunked encoding (one Transfer-Encoding: chunked, no
+ * Content-Length; size lines of hex digits and CRLF, each whole within a segment; no trailer
+ * fields), by a status without a body (1xx interim, 204, 304) or by the request being a HEAD.
+ * Anything else (a body to the close, a split head or size line, a chunk extension, trailers, 101,
+ * a second Content-Length, bytes nobody asked for, bytes from an upstream other than the one the
+ * requests in flight went to) sets `untracked` for the rest of the connection: from then on answers
+ * are written without waiting (the behaviour before this tracker), which the agent counts.
+ * `untracked` never claims an end, so it cannot reorder more than before.
  *
  * Each program run takes one step (a body's remainder, or one head) and tail-calls itself for
  * the next response in the same segment; a step that cannot tail-call (the kernel allows 33)
  * leaves the connection untracked too.
  */
-#define R_HEAD 0
-#define R_BODY 1
+#define R_HEAD 0        /* the next byte starts a response head */
+#define R_BODY 1        /* rleft bytes of a Content-Length body left */
+#define R_CHUNK_SIZE 2  /* the next byte starts a chunk-size line */
+#define R_CHUNK_DATA 3  /* rleft bytes of chunk data and its CRLF left */
+#define R_CHUNK_END 4   /* after the last chunk: the CRLF that ends the response */
 
 #define RESP_WINDOW 1024
 #define RESP_BUF (2 * RESP_WINDOW)
@@ -98,8 +103,36 @@ static __always_inline u64 l7fp_resp_length(const struct resp_scratch *s, u64 at
     return value;
 }
 
-/* One head at s->buf[0..take): its length and the body length it announces, or 0 (untracked). */
-static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 is_head, u64 *body, u64 *interim)
+/* A chunk-size line at s->buf[0..take): its value, and its length (through the LF) in *line; ~0
+ * for anything but 1 to 15 hex digits then CRLF (a chunk extension, spaces: not followed). */
+static __always_inline u64 l7fp_chunk_size(const struct resp_scratch *s, u64 take, u64 *line)
+{
+    u64 digits = 1, count = 0, value = 0, end = 0, bad = 0;
+    for (u64 k = 0; k < 24; k++) {
+        u64 b = RBYTE(s, k);
+        u64 dg = L7FP_LT(b, '9' + 1) & (1 ^ L7FP_LT(b, '0'));
+        u64 lo = L7FP_LT(b, 'f' + 1) & (1 ^ L7FP_LT(b, 'a'));
+        u64 up = L7FP_LT(b, 'F' + 1) & (1 ^ L7FP_LT(b, 'A'));
+        u64 hex = dg | lo | up;
+        u64 d = dg * (b - '0') + lo * (b - 'a' + 10) + up * (b - 'A' + 10);
+        u64 crlf = L7FP_ZERO(b ^ '\r') & L7FP_ZERO(RBYTE(s, k + 1) ^ '\n');
+        u64 stop = digits & (1 ^ hex);
+        bad |= stop & (1 ^ crlf);
+        end |= (stop & crlf) * (k + 2);
+        digits &= hex;
+        count += digits;
+        value = value * (1 + 15 * digits) + digits * d;
+    }
+    if (bad || end == 0 || end > take || count == 0 || count > 15)
+        return ~0ULL;
+    *line = end;
+    return value;
+}
+
+/* One head at s->buf[0..take): its length and the body length it announces, or 0 (untracked);
+ * *chunked: the body is chunked. */
+static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 is_head, u64 *body, u64 *interim,
+                                          u64 *chunked)
 {
     u64 w = 0, lines = 0, i;
     for (i = 0; i < RESP_WINDOW; i++) {
@@ -113,7 +146,7 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
     }
     /* The scan's results go through the map and back: the verifier then knows nothing of the exit
      * the scan took, and checks what follows once instead of once per possible exit (the whole
-     * program: 667k instructions processed without this, 137k with it). */
+     * program, before chunked framing: 667k instructions processed without this, 137k with it). */
     s->stop = i;
     s->lines = lines;
     s->last4 = w;
@@ -129,7 +162,7 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
     if (d0 > 9 || d1 > 9 || d2 > 9)
         return 0;
     u64 status = d0 * 100 + d1 * 10 + d2;
-    u64 cl_count = 0, cl_at = 0, te = 0;
+    u64 cl_count = 0, cl_at = 0, te_count = 0, te_at = 0;
     /* Header lines are 1 .. lines - 2 (the last two line feeds end the head). Every slot is
      * compared, branch-free, and `live` drops the ones past the head: a branch on `lines` here
      * would fork the verifier's state on each line (over its 1M budget). */
@@ -139,10 +172,13 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
         u64 cl = L7FP_ZERO(L7FP_DIFF8(s, at, "content-") | L7FP_DIFF8(s, at + 7, "-length:")) & live;
         cl_count += cl;
         cl_at |= (at + 15) & (0 - cl);
-        te |= L7FP_ZERO(L7FP_DIFF8(s, at, "transfer") | L7FP_DIFF8(s, at + 8, "-encodin") |
-                        L7FP_DIFF8(s, at + 10, "ncoding:")) & live;
+        u64 te = L7FP_ZERO(L7FP_DIFF8(s, at, "transfer") | L7FP_DIFF8(s, at + 8, "-encodin") |
+                           L7FP_DIFF8(s, at + 10, "ncoding:")) & live;
+        te_count += te;
+        te_at |= (at + 18) & (0 - te);
     }
     *interim = 0;
+    *chunked = 0;
     if (status == 101 || status < 100)
         return 0;
     if (status < 200) { /* an interim response: the final one follows */
@@ -154,13 +190,36 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
         *body = 0;
         return length;
     }
-    if (te || cl_count != 1)
+    if (te_count) { /* one Transfer-Encoding, exactly `chunked` (up to two spaces before it), no length */
+        u64 sp0 = L7FP_ZERO(RBYTE(s, te_at) ^ ' ') | L7FP_ZERO(RBYTE(s, te_at) ^ '\t');
+        u64 sp1 = sp0 & (L7FP_ZERO(RBYTE(s, te_at + 1) ^ ' ') | L7FP_ZERO(RBYTE(s, te_at + 1) ^ '\t'));
+        if (te_count != 1 || cl_count != 0 || L7FP_DIFF8(s, te_at + sp0 + sp1, "chunked\r"))
+            return 0;
+        *chunked = 1;
+        *body = 0;
+        return length;
+    }
+    if (cl_count != 1)
         return 0;
     u64 value = l7fp_resp_length(s, cl_at);
     if (value == ~0ULL)
         return 0;
     *body = value;
     return length;
+}
+
+/* Up to `most` bytes of the skb from `off` into s->buf, with a NUL after them: how many, or 0. */
+static __always_inline u64 l7fp_resp_load(struct __sk_buff *skb, struct resp_scratch *s, u64 off, u64 most)
+{
+    u64 take = skb->len - off;
+    if (take > most)
+        take = most;
+    if (take > RESP_WINDOW)
+        take = RESP_WINDOW;
+    s->buf[take & (RESP_BUF - 1)] = 0;
+    if (take == 0 || bpf_skb_load_bytes(skb, off, s->buf, take) < 0)
+        return 0;
+    return take;
 }
 
 /* One framing step on this segment of an upstream's responses to `c`'s client: returns 1 when
@@ -170,7 +229,7 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
     u64 len = skb->len, off = c->roff;
     if (c->untracked || off >= len)
         return 0;
-    if (c->rstate == R_BODY) {
+    if (c->rstate == R_BODY || c->rstate == R_CHUNK_DATA) { /* skipped, not read */
         u64 rest = len - off;
         if (c->rleft > rest) {
             c->rleft -= rest;
@@ -178,8 +237,12 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
         }
         off += c->rleft;
         c->rleft = 0;
-        c->rstate = R_HEAD;
-        c->done += 1;
+        if (c->rstate == R_BODY) {
+            c->rstate = R_HEAD;
+            c->done += 1;
+        } else {
+            c->rstate = R_CHUNK_SIZE;
+        }
         c->roff = off;
         return off < len;
     }
@@ -193,23 +256,51 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
         c->untracked = 1;
         return 0;
     }
-    u64 take = len - off;
-    if (take > RESP_WINDOW)
-        take = RESP_WINDOW;
-    s->buf[take & (RESP_BUF - 1)] = 0;
-    if (take == 0 || bpf_skb_load_bytes(skb, off, s->buf, take) < 0) {
+    if (c->rstate == R_CHUNK_END) { /* the CRLF after the last chunk (trailer fields: not followed) */
+        u64 take = l7fp_resp_load(skb, s, off, 2);
+        if (take < 2 || RBYTE(s, 0) != '\r' || RBYTE(s, 1) != '\n') {
+            c->untracked = 1;
+            return 0;
+        }
+        off += 2;
+        c->rstate = R_HEAD;
+        c->done += 1;
+        c->roff = off;
+        return off < len;
+    }
+    if (c->rstate == R_CHUNK_SIZE) {
+        u64 line = 0, take = l7fp_resp_load(skb, s, off, 24);
+        u64 size = take ? l7fp_chunk_size(s, take, &line) : ~0ULL;
+        if (size == ~0ULL) { /* also a size line split across segments: not followed */
+            c->untracked = 1;
+            return 0;
+        }
+        off += line;
+        if (size == 0) {
+            c->rstate = R_CHUNK_END;
+        } else {
+            c->rstate = R_CHUNK_DATA;
+            c->rleft = size + 2;
+        }
+        c->roff = off;
+        return off < len;
+    }
+    u64 take = l7fp_resp_load(skb, s, off, RESP_WINDOW);
+    if (take == 0) {
         c->untracked = 1;
         return 0;
     }
-    u64 body = 0, interim = 0;
+    u64 body = 0, interim = 0, chunked = 0;
     u64 is_head = (c->heads >> (c->done & 63)) & 1;
-    u64 head = l7fp_resp_head(s, take, is_head, &body, &interim);
+    u64 head = l7fp_resp_head(s, take, is_head, &body, &interim, &chunked);
     if (head == 0) {
         c->untracked = 1;
         return 0;
     }
     off += head;
-    if (!interim) {
+    if (chunked) {
+        c->rstate = R_CHUNK_SIZE;
+    } else if (!interim) {
         if (body == 0)
             c->done += 1;
         else {
