@@ -693,3 +693,23 @@ def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy():
         backend.close()
     assert want == ["200", "403", "200"]  # Envoy drops the upstream's `connection: close`, keeps the client
     assert got == want
+
+
+@pytest.mark.xfail(strict=True, reason="docs/bugs/0012: the kernel path does not apply a route's timeout "
+                                       "(Envoy answers 504; l7fp waits for the upstream)")
+def test_a_route_timeout_is_applied_as_in_envoy(tmp_path):
+    text = (CONFIG_DIR / "02_rbac_deny_normalized.yaml").read_text()
+    old = "                route:\n                  cluster: app\n"
+    assert old in text
+    config = tmp_path / "timeout.yaml"
+    config.write_text(text.replace(old, old + "                  timeout: 0.3s\n", 1))
+    with EnvoyOracle(str(config)) as envoy:
+        envoy.backends["app"].delay = 1.0  # slower than the route's timeout
+        policy = load_policy([str(config)])
+        address = ("127.0.0.1", free_port())
+        endpoints = {"app": ("127.0.0.1", envoy.backends["app"].port)}
+        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None, endpoints).serving():
+            want = outcome_of(send_raw(envoy.address, ALLOWED_02)).status
+            got = outcome_of(send_raw(address, ALLOWED_02)).status
+    assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 0.3 s
+    assert got == want
