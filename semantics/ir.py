@@ -237,6 +237,10 @@ class ForwardAction:
     regex_rewrite: RegexRewrite | None = None
     host_rewrite: str | None = None
     origin: Origin = NO_ORIGIN
+    # The route action's fields that do not decide which response a request gets, only when and
+    # after how many tries (timeout, retry_policy, ...), as JSON text: not modelled, but written
+    # back for the Envoy that runs the policy (semantics/to_envoy.py: the slow path).
+    operational: str = ""
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,7 @@ class Cluster:
     name: str
     endpoints: tuple[tuple[str, int], ...] = ()
     origin: Origin = NO_ORIGIN
+    connect_timeout: str = "5s"  # as written (a Duration; Envoy's default): the slow-path Envoy keeps it
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ points clusters somewhere else (tests, the data plane).
 """
 from __future__ import annotations
 
+import json
+
 from . import ir
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -136,6 +138,8 @@ def route(r: ir.Route) -> dict:
             action["regex_rewrite"] = _regex_rewrite(a.regex_rewrite)
         if a.host_rewrite is not None:
             action["host_rewrite_literal"] = a.host_rewrite
+        if a.operational:  # timeouts, retries: as the policy wrote them
+            action.update(json.loads(a.operational))
         out["route"] = action
     elif isinstance(a, ir.DirectResponseAction):
         out["direct_response"] = {"status": a.status, **({"body": {"inline_string": a.body}} if a.body else {})}
@@ -191,7 +195,7 @@ def bootstrap(policy: ir.Policy, listener: tuple[str, int] | None = None,
     clusters = []
     for c in policy.clusters:
         address = (endpoints or {}).get(c.name) or (c.endpoints[0] if c.endpoints else ("127.0.0.1", 9))
-        clusters.append({"name": c.name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
+        clusters.append({"name": c.name, "connect_timeout": c.connect_timeout, "type": "STATIC", "load_assignment": {
             "cluster_name": c.name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": address[0], "port_value": address[1]}}}}]}]}})
     return {"static_resources": {

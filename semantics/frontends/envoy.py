@@ -8,10 +8,11 @@ request handling and are not modelled are errors (file:line: key); fields listed
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from .. import ir
 from ..errors import ConfigError
-from ..located_yaml import Node
+from ..located_yaml import Node, snake
 from . import envoy_matchers as m
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -74,7 +75,8 @@ def _cluster(node: Node) -> ir.Cluster:
             for lb in group.get("lb_endpoints").list() if group.has("lb_endpoints") else []:
                 sock = lb.req("endpoint").req("address").req("socket_address")
                 endpoints.append((sock.req("address").str(), sock.req("port_value").int()))
-    return ir.Cluster(name, tuple(endpoints), node.origin)
+    timeout = node.get("connect_timeout").str() if node.has("connect_timeout") else "5s"  # Envoy's default
+    return ir.Cluster(name, tuple(endpoints), node.origin, connect_timeout=timeout)
 
 
 def _listener(node: Node, clusters) -> ir.Policy:
@@ -335,12 +337,13 @@ def _forward(node: Node) -> ir.ForwardAction:
         cluster = node.req("cluster").str()
     if node.has("prefix_rewrite") and node.has("regex_rewrite"):
         raise node.error("prefix_rewrite and regex_rewrite are exclusive")
+    operational = {key: node.value[key] for key in node.value if snake(str(key)) in _INERT_ROUTE_ACTION}
     return ir.ForwardAction(
         cluster,
         prefix_rewrite=node.get("prefix_rewrite").str() if node.has("prefix_rewrite") else None,
         regex_rewrite=_regex_rewrite(node.req("regex_rewrite")) if node.has("regex_rewrite") else None,
         host_rewrite=node.get("host_rewrite_literal").str() if node.has("host_rewrite_literal") else None,
-        origin=node.origin)
+        origin=node.origin, operational=json.dumps(operational, sort_keys=True) if operational else "")
 
 
 def _redirect(node: Node) -> ir.RedirectAction:
