@@ -703,6 +703,9 @@ def _envoy_and_plane_with_a_route_timeout(tmp_path):
     old = "                route:\n                  cluster: app\n"
     assert old in text
     config = tmp_path / "timeout.yaml"
+    # Its own listener port: the module's `running` fixture may hold config 02's for the module's life.
+    listener = re.search(r"port_value: (\d+)", text).group(0)
+    text = text.replace(listener, f"port_value: {free_port()}", 1)
     config.write_text(text.replace(old, old + "                  timeout: 0.3s\n", 1))
     with EnvoyOracle(str(config)) as envoy:
         envoy.backends["app"].delay = 1.0  # slower than the route's timeout
