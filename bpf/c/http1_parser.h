@@ -268,6 +268,8 @@ static __always_inline u64 l7fp_hide(u64 x)
 #define L7FP_ZERO(d) ((l7fp_hide(((u64)(d)) | (0 - (u64)(d))) >> 63) ^ 1)
 /* 1 iff a < b, for a, b < 2^63 */
 #define L7FP_LT(a, b) (l7fp_hide(((u64)(a)) - ((u64)(b))) >> 63)
+/* 1 iff lo <= b <= hi (a byte in a class such as '0'..'9') */
+#define L7FP_IN(b, lo, hi) (L7FP_LT(b, (hi) + 1) & (1 ^ L7FP_LT(b, lo)))
 
 /* Is every byte of [off, off+len) in set `id`? */
 static __always_inline u64 l7fp_chars_in(const struct conn *c, const struct tables *t, int id, u64 off, u64 len)

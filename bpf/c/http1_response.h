@@ -86,7 +86,7 @@ static __always_inline u64 l7fp_resp_length(const struct resp_scratch *s, u64 at
     for (u64 k = 0; k < 24; k++) {
         u64 b = RBYTE(s, at + k);
         u64 sp = L7FP_ZERO(b ^ ' ') | L7FP_ZERO(b ^ '\t');
-        u64 dg = L7FP_LT(b, '9' + 1) & (1 ^ L7FP_LT(b, '0'));
+        u64 dg = L7FP_IN(b, '0', '9');
         u64 cr = L7FP_ZERO(b ^ '\r');
         u64 live = lead | digits | trail;
         bad |= (lead & (1 ^ (sp | dg))) | (digits & (1 ^ (sp | dg | cr))) | (trail & (1 ^ (sp | cr)));
@@ -110,9 +110,9 @@ static __always_inline u64 l7fp_chunk_size(const struct resp_scratch *s, u64 tak
     u64 digits = 1, count = 0, value = 0, end = 0, bad = 0;
     for (u64 k = 0; k < 24; k++) {
         u64 b = RBYTE(s, k);
-        u64 dg = L7FP_LT(b, '9' + 1) & (1 ^ L7FP_LT(b, '0'));
-        u64 lo = L7FP_LT(b, 'f' + 1) & (1 ^ L7FP_LT(b, 'a'));
-        u64 up = L7FP_LT(b, 'F' + 1) & (1 ^ L7FP_LT(b, 'A'));
+        u64 dg = L7FP_IN(b, '0', '9');
+        u64 lo = L7FP_IN(b, 'a', 'f');
+        u64 up = L7FP_IN(b, 'A', 'F');
         u64 hex = dg | lo | up;
         u64 d = dg * (b - '0') + lo * (b - 'a' + 10) + up * (b - 'A' + 10);
         u64 crlf = L7FP_ZERO(b ^ '\r') & L7FP_ZERO(RBYTE(s, k + 1) ^ '\n');
