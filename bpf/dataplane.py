@@ -567,17 +567,19 @@ class DataPlane:
         """An upstream closed its connection (an idle timeout; `connection: close`). If nothing is
         in flight, the client's connection stays open, as with Envoy (docs/bugs/0011): its next
         requests punt ("upstream closed", a flag in `acks`) and Envoy, which opens its own upstream
-        connections, answers them. Else (a response cut short, framing not followed): False."""
+        connections, answers them. Else (a response cut short, framing not followed): False.
+        The program may have punted already (it saw the FIN first): then only the upstreams go."""
         state = self._state(conn)
-        if state is None or conn.punted or conn.held or _in_flight_of(state) != 0:
+        if state is None or conn.held or _in_flight_of(state) != 0:
             return False
-        self._write_ack(conn, (conn.taken & ~ACK_TO_ENVOY) | ACK_TO_ENVOY)
-        after = self._state(conn)
-        if after is None or after.sent != state.sent:  # a request went to the upstreams meanwhile
-            return False
+        if not conn.punted:
+            self._write_ack(conn, (conn.taken & ~ACK_TO_ENVOY) | ACK_TO_ENVOY)
+            after = self._state(conn)
+            if after is None or after.sent != state.sent:  # a request went to the upstreams meanwhile
+                return False
+            conn.punted = True
+            self.readiness.watch_bytes(conn.client, True)
         self._drop_upstreams(conn)
-        conn.punted = True
-        self.readiness.watch_bytes(conn.client, True)
         return True
 
     def _finish(self, conn: _Connection) -> None:

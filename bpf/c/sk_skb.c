@@ -44,7 +44,9 @@ BPF_SOCKHASH(sockets, struct sock_key, 65536);
 BPF_HASH(peers, u64, struct peer, 65536);
 BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
 /* Replies the agent has written (low 31 bits); ACK_TO_ENVOY: the agent hands the connection's next
- * requests to Envoy (an upstream closed its connection). */
+ * requests to Envoy (an upstream closed its connection). The program sets `upstream_closed` itself
+ * when the FIN comes as a segment of its own, before the agent can; a FIN that comes with the last
+ * response bytes is seen by the agent only (its hang-up). */
 BPF_HASH(acks, u64, u32, 16384);
 #define ACK_TO_ENVOY 0x80000000U
 BPF_ARRAY(tables, struct tables, 1);
@@ -117,9 +119,13 @@ int l7fp_entry(struct __sk_buff *skb)
     u64 cookie = l7fp_cookie(skb);
     struct peer *peer = peers.lookup(&cookie);
     if (peer) { /* a response: its framing followed, then straight back to the client */
-        if (skb->len == 0)
-            return SK_PASS; /* the upstream's FIN: redirected, an empty skb fails the client with EPIPE */
         struct sock_key back = peer->client;
+        if (skb->len == 0) { /* the upstream's FIN: redirected, an empty skb fails the client with EPIPE */
+            struct conn *closing = conns.lookup(&back.cookie);
+            if (closing) /* nothing more may be forwarded to it, from this segment on (docs/bugs/0011) */
+                closing->upstream_closed = 1;
+            return SK_PASS;
+        }
         struct conn *c = conns.lookup(&back.cookie);
         if (c) {
             __sync_fetch_and_add(&c->to_client, skb->len);
@@ -141,7 +147,7 @@ int l7fp_entry(struct __sk_buff *skb)
         return SK_PASS;
     u32 *acked = acks.lookup(&cookie);
     u32 ack = acked ? *acked : 0;
-    if (ack & ACK_TO_ENVOY)
+    if ((ack & ACK_TO_ENVOY) || c->upstream_closed)
         return l7fp_punt(c, cookie, V_UPSTREAM_CLOSED);
     if ((c->replies ^ ack) & ~ACK_TO_ENVOY)
         return l7fp_punt(c, cookie, V_REPLY_PENDING);
