@@ -49,7 +49,8 @@ PARSER_VERDICTS = (
     ("reply_pending", "a request arrived before the previous local reply was written"),
     ("reply_with_body", "local reply to a request with a body (Envoy closes the connection)"),
     ("answer_order", "another cluster's response to an earlier request is still in flight"),
-    ("upstream_closed", "an upstream closed its connection: Envoy takes the connection's next requests"),
+    ("upstream_closed", "an upstream closed its connection or announced it would: Envoy takes the "
+                        "connection's next requests"),
 )
 # Headers the parser refuses outright: they change framing or the connection, which the fast path
 # does not reproduce. Transfer-Encoding and Content-Length have slots of their own (framing).

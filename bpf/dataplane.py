@@ -60,7 +60,6 @@ BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
-ACK_TO_ENVOY = 0x80000000  # sk_skb.c: in `acks`, the connection's next requests are Envoy's
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
@@ -563,22 +562,18 @@ class DataPlane:
         conn.in_flight, conn.flushed = 0, state.to_client
         return True
 
-    def _hand_over_after_upstream_close(self, conn: _Connection) -> bool:
-        """An upstream closed its connection (an idle timeout; `connection: close`). If nothing is
-        in flight, the client's connection stays open, as with Envoy (docs/bugs/0011): its next
-        requests punt ("upstream closed", a flag in `acks`) and Envoy, which opens its own upstream
-        connections, answers them. Else (a response cut short, framing not followed): False.
-        The program may have punted already (it saw the FIN first): then only the upstreams go."""
+    def _keep_client_after_upstream_close(self, conn: _Connection) -> bool:
+        """An upstream closed its connection (an idle timeout; after `connection: close`). If every
+        response forwarded has ended, the client's connection stays open, as with Envoy
+        (docs/bugs/0011): the upstream sockets go, and the next request the program would forward
+        punts ("upstream closed": a response announced the close, or the program finds no open
+        upstream socket), so Envoy, which opens upstream connections of its own, answers it and the
+        rest; local replies stay in the kernel. The program decides that itself, so no request goes
+        to the closed upstream however late this runs. Else (a response cut short, framing not
+        followed): False."""
         state = self._state(conn)
-        if state is None or conn.held or _in_flight_of(state) != 0:
+        if state is None or _in_flight_of(state) != 0:
             return False
-        if not conn.punted:
-            self._write_ack(conn, (conn.taken & ~ACK_TO_ENVOY) | ACK_TO_ENVOY)
-            after = self._state(conn)
-            if after is None or after.sent != state.sent:  # a request went to the upstreams meanwhile
-                return False
-            conn.punted = True
-            self.readiness.watch_bytes(conn.client, True)
         self._drop_upstreams(conn)
         return True
 
@@ -640,7 +635,7 @@ class DataPlane:
         """Tell the program the reply is written (`acks`: the agent is its only writer). While a
         reply is held, no other can follow it (the next request punts as "reply pending"), so the
         count to acknowledge is the one it was taken at."""
-        self._write_ack(conn, conn.taken & ~ACK_TO_ENVOY)
+        self._write_ack(conn, conn.taken)
 
     def _write_ack(self, conn: _Connection, value: int) -> None:
         key, word = ct.c_uint64(conn.cookie), ct.c_uint32(value)
@@ -692,7 +687,7 @@ class DataPlane:
                 if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
                     self.readiness.unregister(sock)  # (level-triggered: it would report the EOF forever)
                     self._answer(conn, b"", "close")
-                elif not self._hand_over_after_upstream_close(conn):
+                elif not self._keep_client_after_upstream_close(conn):
                     self._finish(conn)
                 return
             if sock is conn.envoy:

@@ -89,23 +89,34 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_HANDED_OUT: dict[int, float] = {}  # port -> when free_port returned it (this process)
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing is bound to now, below the kernel's ephemeral range: a port from that range
     (what bind to port 0 gives) can be taken as the local port of some outgoing connection before
-    the caller binds it (seen in CI: "Address already in use" for a listener)."""
+    the caller binds it (seen in CI: "Address already in use" for a listener). Nor one this process
+    was given in the last 10 minutes: callers often take two before binding either (the slow-path
+    Envoy's listener and admin ports; a test's listener, then the data plane's Envoy)."""
     low = _ephemeral_low()
     if low <= 2048:  # no room below the range: let the kernel choose
         with socket.socket() as s:
             s.bind((host, 0))
             return s.getsockname()[1]
     rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(1024 + (low - 1024) // 3, low)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
+    with _HANDED_OUT_LOCK:
+        now = time.monotonic()
+        for _ in range(200):
+            port = rng.randrange(1024 + (low - 1024) // 3, low)
+            if now - _HANDED_OUT.get(port, -1e9) < 600:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT[port] = now
             return port
     raise RuntimeError(f"no free port below {low} on {host}")
 

@@ -162,6 +162,9 @@ FORWARD_DECORATIONS: tuple[Decoration, ...] = (
                "is kept)", "date: Fri, 27 Nov 2026 13:57:50 GMT", None),
     Decoration("response", "connection: close appended (and the connection closed) when the "
                "request had Connection: close", "connection: close", None),
+    Decoration("response", "an upstream's HTTP/1.0 status line answered as HTTP/1.1, its hop-by-hop "
+               "headers (connection, keep-alive) removed; a close it announces ends only the upstream "
+               "connection (docs/bugs/0011, 0013)", "HTTP/1.0 200 OK -> HTTP/1.1 200 OK", None),
 )
 
 # The Envoy configuration under which forwarded bytes are closest to the client's (measured).

@@ -103,7 +103,7 @@ struct conn {
     u64 to_client;     /* response bytes redirected to the client (response path) */
     u32 roff;          /* where the next framing step starts in the current skb (response path) */
     u32 untracked;     /* set for good when the framing is not followed (any path) */
-    u32 upstream_closed; /* an upstream's FIN reached the program: later requests punt (response path) */
+    u32 upstream_closed; /* a response announced its upstream's close: later forwards punt (response path) */
     u32 pad2;
     u32 fo[N_FIELDS];  /* field offsets in buf */
     u32 fl[N_FIELDS];  /* field lengths */

@@ -18,6 +18,10 @@
  * are written without waiting (the behaviour before this tracker), which the agent counts.
  * `untracked` never claims an end, so it cannot reorder more than before.
  *
+ * A complete head also says whether the upstream will close its connection after the response
+ * (not HTTP/1.1; a Connection header other than one `keep-alive`): the connection is then marked
+ * (`upstream_closed`) and no later request is forwarded to that upstream (docs/bugs/0011).
+ *
  * Each program run takes one step (a body's remainder, or one head) and tail-calls itself for
  * the next response in the same segment; a step that cannot tail-call (the kernel allows 33)
  * leaves the connection untracked too.
@@ -129,10 +133,21 @@ static __always_inline u64 l7fp_chunk_size(const struct resp_scratch *s, u64 tak
     return value;
 }
 
+/* Where a header value starts, the colon's next byte being `at`: past up to two spaces or tabs. */
+static __always_inline u64 l7fp_value_at(const struct resp_scratch *s, u64 at)
+{
+    u64 sp0 = L7FP_ZERO(RBYTE(s, at) ^ ' ') | L7FP_ZERO(RBYTE(s, at) ^ '\t');
+    u64 sp1 = sp0 & (L7FP_ZERO(RBYTE(s, at + 1) ^ ' ') | L7FP_ZERO(RBYTE(s, at + 1) ^ '\t'));
+    return at + sp0 + sp1;
+}
+
 /* One head at s->buf[0..take): its length and the body length it announces, or 0 (untracked);
- * *chunked: the body is chunked. */
+ * *chunked: the body is chunked. *closes: the upstream may close its connection after this
+ * response (anything but HTTP/1.1; a Connection header other than one `keep-alive`), so no later
+ * request may be forwarded to it: Envoy drops such a connection from its pool after the response
+ * (docs/bugs/0011). Set whenever a head is complete in the window, tracked or not. */
 static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 is_head, u64 *body, u64 *interim,
-                                          u64 *chunked)
+                                          u64 *chunked, u64 *closes)
 {
     u64 w = 0, lines = 0, i;
     for (i = 0; i < RESP_WINDOW; i++) {
@@ -156,13 +171,14 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
     if (w != 0x0d0a0d0a || i >= take || lines >= RESP_LINES)
         return 0;
     u64 length = i + 1;
+    *closes = 1;
     if (L7FP_DIFF8(s, 0, "HTTP/1.1") || RBYTE(s, 8) != ' ' || RBYTE(s, 12) != ' ')
         return 0;
     u64 d0 = RBYTE(s, 9) - '0', d1 = RBYTE(s, 10) - '0', d2 = RBYTE(s, 11) - '0';
     if (d0 > 9 || d1 > 9 || d2 > 9)
         return 0;
     u64 status = d0 * 100 + d1 * 10 + d2;
-    u64 cl_count = 0, cl_at = 0, te_count = 0, te_at = 0;
+    u64 cl_count = 0, cl_at = 0, te_count = 0, te_at = 0, co_count = 0, co_at = 0;
     /* Header lines are 1 .. lines - 2 (the last two line feeds end the head). Every slot is
      * compared, branch-free, and `live` drops the ones past the head: a branch on `lines` here
      * would fork the verifier's state on each line (over its 1M budget). */
@@ -176,7 +192,14 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
                            L7FP_DIFF8(s, at + 10, "ncoding:")) & live;
         te_count += te;
         te_at |= (at + 18) & (0 - te);
+        u64 co = L7FP_ZERO(L7FP_DIFF8(s, at, "connecti") | L7FP_DIFF8(s, at + 3, "nection:")) & live;
+        co_count += co;
+        co_at |= (at + 11) & (0 - co);
     }
+    /* Branch-free, as above: a branch here doubles what the verifier walks. */
+    u64 v = l7fp_value_at(s, co_at);
+    u64 keep_alive = L7FP_ZERO(L7FP_DIFF8(s, v, "keep-ali") | L7FP_DIFF8(s, v + 3, "p-alive\r"));
+    *closes = (1 ^ L7FP_ZERO(co_count)) & (1 ^ (L7FP_ZERO(co_count ^ 1) & keep_alive));
     *interim = 0;
     *chunked = 0;
     if (status == 101 || status < 100)
@@ -191,9 +214,7 @@ static __always_inline u64 l7fp_resp_head(struct resp_scratch *s, u64 take, u64 
         return length;
     }
     if (te_count) { /* one Transfer-Encoding, exactly `chunked` (up to two spaces before it), no length */
-        u64 sp0 = L7FP_ZERO(RBYTE(s, te_at) ^ ' ') | L7FP_ZERO(RBYTE(s, te_at) ^ '\t');
-        u64 sp1 = sp0 & (L7FP_ZERO(RBYTE(s, te_at + 1) ^ ' ') | L7FP_ZERO(RBYTE(s, te_at + 1) ^ '\t'));
-        if (te_count != 1 || cl_count != 0 || L7FP_DIFF8(s, te_at + sp0 + sp1, "chunked\r"))
+        if (te_count != 1 || cl_count != 0 || L7FP_DIFF8(s, l7fp_value_at(s, te_at), "chunked\r"))
             return 0;
         *chunked = 1;
         *body = 0;
@@ -290,9 +311,12 @@ static __always_inline int l7fp_resp_step(struct __sk_buff *skb, struct conn *c)
         c->untracked = 1;
         return 0;
     }
-    u64 body = 0, interim = 0, chunked = 0;
+    u64 body = 0, interim = 0, chunked = 0, closes = 0;
     u64 is_head = (c->heads >> (c->done & 63)) & 1;
-    u64 head = l7fp_resp_head(s, take, is_head, &body, &interim, &chunked);
+    u64 head = l7fp_resp_head(s, take, is_head, &body, &interim, &chunked, &closes);
+    /* Before the response reaches the client, so before its next request can come; no branch: it
+     * would double what the verifier walks after it. */
+    c->upstream_closed |= closes;
     if (head == 0) {
         c->untracked = 1;
         return 0;

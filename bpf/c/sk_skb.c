@@ -40,15 +40,23 @@ struct peer {
     u32 pad;
 };
 
-BPF_SOCKHASH(sockets, struct sock_key, 65536);
+/* bcc 0.26's BPF_SOCKHASH, plus `lookup` (a socket reference, for l7fp_upstream_open): the kernel
+ * allows map lookups on a SOCKHASH from programs since 5.10, bcc's table declares none. */
+struct sockets_table_t {
+    struct sock_key key;
+    int leaf;
+    int *(*lookup)(struct sock_key *);
+    int (*update)(struct sock_key *, int *);
+    int (*delete)(struct sock_key *);
+    int (*sk_redirect_hash)(void *, void *, u64);
+    u32 max_entries;
+};
+__attribute__((section("maps/sockhash"))) struct sockets_table_t sockets = {.max_entries = 65536};
+BPF_ANNOTATE_KV_PAIR(sockets, struct sock_key, int);
 BPF_HASH(peers, u64, struct peer, 65536);
 BPF_F_TABLE("hash", u64, struct conn, conns, 16384, BPF_F_NO_PREALLOC);
-/* Replies the agent has written (low 31 bits); ACK_TO_ENVOY: the agent hands the connection's next
- * requests to Envoy (an upstream closed its connection). The program sets `upstream_closed` itself
- * when the FIN comes as a segment of its own, before the agent can; a FIN that comes with the last
- * response bytes is seen by the agent only (its hang-up). */
+/* Replies the agent has written. */
 BPF_HASH(acks, u64, u32, 16384);
-#define ACK_TO_ENVOY 0x80000000U
 BPF_ARRAY(tables, struct tables, 1);
 BPF_PROG_ARRAY(progs, 3);
 BPF_PERCPU_ARRAY(counts, u64, N_VERDICTS);
@@ -120,12 +128,8 @@ int l7fp_entry(struct __sk_buff *skb)
     struct peer *peer = peers.lookup(&cookie);
     if (peer) { /* a response: its framing followed, then straight back to the client */
         struct sock_key back = peer->client;
-        if (skb->len == 0) { /* the upstream's FIN: redirected, an empty skb fails the client with EPIPE */
-            struct conn *closing = conns.lookup(&back.cookie);
-            if (closing) /* nothing more may be forwarded to it, from this segment on (docs/bugs/0011) */
-                closing->upstream_closed = 1;
+        if (skb->len == 0) /* the upstream's FIN: redirected, an empty skb fails the client with EPIPE */
             return SK_PASS;
-        }
         struct conn *c = conns.lookup(&back.cookie);
         if (c) {
             __sync_fetch_and_add(&c->to_client, skb->len);
@@ -147,15 +151,27 @@ int l7fp_entry(struct __sk_buff *skb)
         return SK_PASS;
     u32 *acked = acks.lookup(&cookie);
     u32 ack = acked ? *acked : 0;
-    if ((ack & ACK_TO_ENVOY) || c->upstream_closed)
-        return l7fp_punt(c, cookie, V_UPSTREAM_CLOSED);
-    if ((c->replies ^ ack) & ~ACK_TO_ENVOY)
+    if (c->replies != ack)
         return l7fp_punt(c, cookie, V_REPLY_PENDING);
     if (l7fp_load(skb, c) < 0)
         return l7fp_punt(c, cookie, V_INCOMPLETE);
     l7fp_scan(c, t);
     progs.call(skb, 0);
     return l7fp_punt(c, cookie, V_NO_STATE);
+}
+
+/* Whether the upstream socket behind `key` may still be written to and answer (docs/bugs/0011). An
+ * upstream's FIN is taken (CLOSE_WAIT) before the program sees the bytes it came with, so a request
+ * the client sends after reading the last response of an upstream that closed finds it closed here,
+ * however late the agent learns of the close. No socket (the agent dropped it): not open either. */
+static __always_inline int l7fp_upstream_open(struct sock_key *key)
+{
+    struct bpf_sock *sk = (struct bpf_sock *)sockets.lookup(key);
+    if (!sk)
+        return 0;
+    int open = sk->state == BPF_TCP_ESTABLISHED;
+    bpf_sk_release(sk);
+    return open;
 }
 
 static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const struct tables *t, u64 cookie, u32 v)
@@ -169,6 +185,10 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
         if (!c->untracked && in_flight != 0 && (slot != c->fwd_slot || in_flight >= 63))
             return l7fp_punt(c, cookie, V_ANSWER_ORDER);
         struct sock_key up = {.cookie = cookie, .slot = slot, .pad = 0};
+        /* A closed upstream, or one whose response announced its close (http1_response.h): the
+         * request goes to Envoy, which opens upstream connections of its own, as it does itself. */
+        if (c->upstream_closed || !l7fp_upstream_open(&up))
+            return l7fp_punt(c, cookie, V_UPSTREAM_CLOSED);
         if (sockets.sk_redirect_hash(skb, &up, 0) != SK_PASS)
             return l7fp_punt(c, cookie, V_NO_UPSTREAM);
         u64 bit = 1ULL << (c->sent & 63);
