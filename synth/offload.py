@@ -9,17 +9,20 @@ RBAC policy and route for `l7fp verify` (refinement.py) and `l7fp coverage`.
 What the IR can hold and the kernel does not decide: headers Envoy's connection manager rewrites
 before the filters (x-forwarded-*, x-request-id, x-envoy-*, Host), remote_ip behind trusted XFF hops,
 non-ASCII operands, regex classes the Z3 encoding cannot state, regex rewrites, redirects to a
-non-default port, fault aborts whose status comes from a request header, and the host-port options
-(strip_port, ignore_port_in_host_matching). Frontends already refuse what the IR cannot hold (CEL,
-ext_authz, JWT providers, runtime fractions): see docs/istio.md.
+non-default port, fault aborts whose status comes from a request header, the host-port options
+(strip_port, ignore_port_in_host_matching), and routes that set what only Envoy applies to a
+forwarded request (a timeout, retries, mirroring: docs/bugs/0012). Frontends already refuse what
+the IR cannot hold (CEL, ext_authz, JWT providers, runtime fractions): see docs/istio.md.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..semantics import ir
 from ..semantics.errors import Origin
 from ..semantics.interpreter import DEFAULT_PORTS, rewritten_by_connection_manager
+from ..semantics.located_yaml import snake
 from ..semantics.symbolic import NotEncodable, regex_to_z3
 
 KERNEL, CONSTANT, PARTIAL, PUNT = "kernel", "constant", "partial", "punt"
@@ -87,8 +90,34 @@ def matcher_constant(node) -> str | None:
     return None
 
 
+# Route action fields that change a forwarded request's answer through time or extra upstream
+# traffic, which the kernel does not reproduce (docs/bugs/0012): a route that sets one goes to Envoy.
+# The route's implicit 15 s timeout is not among them (every route has it); nor are fields without
+# effect on the answer here (hash_policy, priority: one endpoint; cluster_not_found_response_code).
+ENVOY_ONLY_ROUTE_FIELDS = ("timeout", "idle_timeout", "max_stream_duration", "retry_policy",
+                           "request_mirror_policies", "max_grpc_timeout", "grpc_timeout_offset",
+                           "auto_host_rewrite")
+
+
+def envoy_only_fields(action: ir.ForwardAction) -> list[str]:
+    """The fields of ENVOY_ONLY_ROUTE_FIELDS the route action sets (`timeout: 0s`, no timeout, is
+    what the kernel does already)."""
+    written = {snake(key): value for key, value in json.loads(action.operational or "{}").items()}
+    return [key for key in ENVOY_ONLY_ROUTE_FIELDS
+            if key in written and not (key == "timeout" and _zero_duration(written[key]))]
+
+
+def _zero_duration(value) -> bool:
+    try:
+        return float(str(value).removesuffix("s")) == 0
+    except ValueError:
+        return False
+
+
 def action_punt(route: ir.Route) -> str | None:
     action = route.action
+    if isinstance(action, ir.ForwardAction) and envoy_only_fields(action):
+        return f"route {', '.join(envoy_only_fields(action))}: applied by Envoy only"
     rewrites = []
     if isinstance(action, (ir.ForwardAction, ir.RedirectAction)):
         rewrites = [action.prefix_rewrite]

@@ -808,9 +808,10 @@ def test_a_forwarded_response_head_has_envoys_version_and_no_hop_by_hop_headers(
 
 
 @contextlib.contextmanager
-def _envoy_and_plane_with_a_route_timeout(tmp_path):
-    """Config 02 with `timeout: 0.3s` on its route, its upstream 1 s slow: real Envoy on the file,
-    and the data plane (its slow-path Envoy built from the IR) in front of the same upstream."""
+def _envoy_and_plane_with_a_route_timeout(tmp_path, timeout: str | None = "0.3s", delay: float = 1.0):
+    """Config 02 with `timeout` on its route (None: Envoy's implicit 15 s), its upstream `delay` s
+    slow: real Envoy on the file, and the data plane (its slow-path Envoy built from the IR) in front
+    of the same upstream."""
     text = (CONFIG_DIR / "02_rbac_deny_normalized.yaml").read_text()
     old = "                route:\n                  cluster: app\n"
     assert old in text
@@ -818,14 +819,17 @@ def _envoy_and_plane_with_a_route_timeout(tmp_path):
     # Its own listener port: the module's `running` fixture may hold config 02's for the module's life.
     listener = re.search(r"port_value: (\d+)", text).group(0)
     text = text.replace(listener, f"port_value: {free_port()}", 1)
-    config.write_text(text.replace(old, old + "                  timeout: 0.3s\n", 1))
+    if timeout is not None:
+        text = text.replace(old, old + f"                  timeout: {timeout}\n", 1)
+    config.write_text(text)
     with EnvoyOracle(str(config)) as envoy:
-        envoy.backends["app"].delay = 1.0  # slower than the route's timeout
+        envoy.backends["app"].delay = delay
         policy = load_policy([str(config)])
         address = ("127.0.0.1", free_port())
         endpoints = {"app": ("127.0.0.1", envoy.backends["app"].port)}
-        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None, endpoints).serving():
-            yield envoy.address, address
+        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                       endpoints).serving() as plane:
+            yield envoy.address, address, plane
 
 
 def test_a_punted_request_gets_the_routes_timeout(tmp_path):
@@ -833,18 +837,34 @@ def test_a_punted_request_gets_the_routes_timeout(tmp_path):
     operational fields back to it): a request that punts ('..') gets Envoy's 504, not the
     upstream's late 200 under Envoy's 15 s default."""
     punted = b"GET /api/../api/x HTTP/1.1\r\nHost: a.test\r\n\r\n"
-    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, plane):
+    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, _):
         want = outcome_of(send_raw(envoy, punted)).status
-        got = outcome_of(send_raw(plane, punted)).status
+        got = outcome_of(send_raw(address, punted)).status
     assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 0.3 s
     assert got == want
 
 
-@pytest.mark.xfail(strict=True, reason="docs/bugs/0012: the kernel path does not apply a route's timeout "
-                                       "(Envoy answers 504; l7fp waits for the upstream)")
-def test_a_route_timeout_is_applied_as_in_envoy(tmp_path):
-    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, plane):
+def test_a_route_with_a_timeout_is_envoys_which_applies_it(tmp_path):
+    """docs/bugs/0012: the kernel does not apply a route's timeout, so the DAG sends what a route
+    with one would forward to Envoy: an allowed request gets Envoy's 504, counted as a punt that
+    names the timeout (before: the upstream's late 200, through the kernel)."""
+    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, plane):
         want = outcome_of(send_raw(envoy, ALLOWED_02)).status
-        got = outcome_of(send_raw(plane, ALLOWED_02)).status
+        got = outcome_of(send_raw(address, ALLOWED_02)).status
+        counters = plane.counters()
     assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 0.3 s
+    assert got == want
+    assert counters["forwarded_in_kernel"] == 0
+    (reason, n), = counters["punts"].items()
+    assert "timeout" in reason and n == 1
+
+
+@pytest.mark.slow  # Envoy's default is 15 s, and the upstream must be slower
+@pytest.mark.xfail(strict=True, reason="docs/bugs/0012: the kernel path does not apply Envoy's implicit 15 s "
+                                       "route timeout (Envoy answers 504; l7fp waits for the upstream)")
+def test_the_implicit_route_timeout_is_applied_as_in_envoy(tmp_path):
+    with _envoy_and_plane_with_a_route_timeout(tmp_path, timeout=None, delay=16.0) as (envoy, address, _):
+        want = outcome_of(send_raw(envoy, ALLOWED_02, timeout=30)).status
+        got = outcome_of(send_raw(address, ALLOWED_02, timeout=30)).status
+    assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 15 s
     assert got == want

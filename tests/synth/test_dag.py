@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from functools import cache
+from pathlib import Path
 
 import pytest
 import z3
@@ -201,3 +202,28 @@ def test_dag_punts_requests_the_reference_does_not_model(case):
         interpret(pol, r.request(pol.listener[1]))
     leaf, outcome = evaluate(compile_policy(pol), r)
     assert outcome is None, f"{case}: the DAG decides {leaf.describe()}"
+
+
+@pytest.mark.parametrize("fields, punts", [
+    ("timeout: 0.3s", "timeout"),
+    ("retry_policy: {retry_on: 5xx, num_retries: 2}", "retry_policy"),
+    ("request_mirror_policies: [{cluster: app}]", "request_mirror_policies"),
+    ("idleTimeout: 5s", "idle_timeout"),
+    ("timeout: 0s", None),  # no timeout: what the kernel does
+    ("hash_policy: [{header: {header_name: x-user}}]", None),  # one endpoint: no effect on the answer
+])
+def test_a_route_setting_what_only_envoy_applies_is_a_punt_leaf(tmp_path, fields, punts):
+    """docs/bugs/0012: the kernel applies no route timeout, retry or mirror, so a route that sets
+    one forwards nothing in kernel; fields without effect on the answer keep it in the kernel."""
+    from l7fp.semantics.frontends import load_policy
+
+    text = (Path(__file__).parents[1] / "envoy" / "configs" / "02_rbac_deny_normalized.yaml").read_text()
+    old = "                route:\n                  cluster: app\n"
+    assert old in text
+    config = tmp_path / "route.yaml"
+    config.write_text(text.replace(old, old + f"                  {fields}\n", 1))
+    leaf, outcome = evaluate(compile_policy(load_policy([str(config)])), request("GET", "/api/x", host="a.test"))
+    if punts is None:
+        assert leaf.action == "forward" and outcome is not None
+    else:
+        assert leaf.action == "punt" and punts in leaf.reason, leaf.describe()
