@@ -60,6 +60,7 @@ BPF_SK_SKB_VERDICT = 38
 SO_COOKIE = 57
 MODE_PUNTED = 1
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
+_R_HEAD = 0  # http1_response.h: `rstate` when the next response byte starts a head
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
@@ -161,6 +162,7 @@ class _Connection:
     to_client: int = 0
     written: int = 0  # bytes the agent wrote to the client
     flushed: int = 0  # redirected bytes known to have entered the client socket's queue
+    reset_answered: int = 0  # forwards whose upstream closed unanswered: the agent wrote Envoy's 503
     held: list = field(default_factory=list)  # answers waiting for the responses ahead: (bytes, then)
 
     @property
@@ -195,6 +197,18 @@ def _in_flight_of(state) -> int:
     """Forwarded requests whose responses have not ended, from a `struct conn` (-1: untracked): what
     l7fp_tell_agent puts in a record."""
     return -1 if state.untracked else (state.sent - state.done) % 2**32
+
+
+def _unanswered(conn: _Connection, state) -> int:
+    """Forwarded requests still waiting for an answer: in flight at the program, less those the
+    agent answered itself when their upstream closed (-1: untracked)."""
+    in_flight = _in_flight_of(state)
+    return in_flight if in_flight < 0 else in_flight - conn.reset_answered
+
+
+def _progress(state) -> tuple[int, int, int, int]:
+    """What the response path changes as response bytes meet it, from a `struct conn`."""
+    return state.to_client, state.done, state.rstate, state.untracked
 
 
 def _queued_to(sock: socket.socket) -> int:
@@ -287,6 +301,7 @@ class DataPlane:
         self.connections = 0
         self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
         self.answers_held = self.answers_untracked = 0
+        self.upstream_resets = 0  # Envoy's 503 for a forward whose upstream closed before answering
         self._holding: dict[int, _Connection] = {}  # cookie -> connection with answers held
         self._by_fd: dict[int, _Connection] = {}
         self._by_cookie: dict[int, _Connection] = {}
@@ -550,7 +565,7 @@ class DataPlane:
         state = self._state(conn)
         if state is None:
             return True
-        in_flight = _in_flight_of(state)
+        in_flight = _unanswered(conn, state)
         if in_flight < 0:
             self.answers_untracked += 1
             return True
@@ -562,20 +577,42 @@ class DataPlane:
         conn.in_flight, conn.flushed = 0, state.to_client
         return True
 
-    def _keep_client_after_upstream_close(self, conn: _Connection) -> bool:
-        """An upstream closed its connection (an idle timeout; after `connection: close`). If every
-        response forwarded has ended, the client's connection stays open, as with Envoy
-        (docs/bugs/0011): the upstream sockets go, and the next request the program would forward
-        punts ("upstream closed": a response announced the close, or the program finds no open
-        upstream socket), so Envoy, which opens upstream connections of its own, answers it and the
-        rest; local replies stay in the kernel. The program decides that itself, so no request goes
-        to the closed upstream however late this runs. Else (a response cut short, framing not
-        followed): False."""
+    def _keep_client_after_upstream_close(self, conn: _Connection, relayed: bool) -> bool:
+        """An upstream closed its connection (an idle timeout; after `connection: close`). The
+        client's connection stays open, as with Envoy (docs/bugs/0011), when every response
+        forwarded has ended, or when only the last forward is unanswered and no byte of its response
+        came: Envoy answers that one 503 (`wire.UPSTREAM_RESET_BODY`), and so does the agent, in
+        order behind the responses before it. The upstream sockets go, and the next request the
+        program would forward punts ("upstream closed": a response announced the close, or the
+        program finds no open upstream socket), so Envoy, which opens upstream connections of its
+        own, answers it and the rest; local replies stay in the kernel. The program decides that
+        itself, so no request goes to the closed upstream however late this runs. Else (a response
+        cut short, framing not followed, a HEAD unanswered, several forwards unanswered): False.
+        `relayed`: the agent read response bytes from the upstream itself (the program missed them):
+        then no 503, they may be that answer."""
         state = self._state(conn)
-        if state is None or _in_flight_of(state) != 0:
+        if state is None:
+            return False
+        unanswered = _unanswered(conn, state)
+        head = (state.heads >> (state.done & 63)) & 1
+        if unanswered == 1 and not relayed and state.rstate == _R_HEAD and not head:
+            self._drop_upstreams(conn)  # from here on no response byte can reach the program
+            after = self._state(conn)
+            if after is None or _progress(after) != _progress(state):
+                # The program was taking a segment of the response as the upstream closed.
+                return after is not None and _unanswered(conn, after) == 0
+            conn.reset_answered += 1
+            self.upstream_resets += 1
+            self._answer(conn, self._upstream_reset_reply())
+            return True
+        if unanswered != 0:
             return False
         self._drop_upstreams(conn)
         return True
+
+    def _upstream_reset_reply(self) -> bytes:
+        return wire.local_reply(wire.UPSTREAM_RESET_STATUS, wire.UPSTREAM_RESET_BODY, head=False,
+                                date=wire.http_date(int(time.time())), server=self.policy.server_header)
 
     def _finish(self, conn: _Connection) -> None:
         """A hang-up (the client's, an upstream's). Held answers whose responses ahead have ended
@@ -583,7 +620,7 @@ class DataPlane:
         bytes are queued, and the close waits behind them; otherwise close now."""
         if conn.held and conn.client.fileno() in self._by_fd:
             state = self._state(conn)
-            if state is not None and _in_flight_of(state) <= 0:
+            if state is not None and _unanswered(conn, state) <= 0:
                 conn.held.append((b"", "close"))
                 self._release_held(only=conn)
                 return
@@ -682,18 +719,20 @@ class DataPlane:
         conn.envoy.sendall(data)
 
     def _on_peer(self, conn: _Connection, sock: socket.socket) -> None:
+        relayed = False
         for data in _received(sock):
             if not data:
                 if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
                     self.readiness.unregister(sock)  # (level-triggered: it would report the EOF forever)
                     self._answer(conn, b"", "close")
-                elif not self._keep_client_after_upstream_close(conn):
+                elif not self._keep_client_after_upstream_close(conn, relayed):
                     self._finish(conn)
                 return
             if sock is conn.envoy:
                 self._answer(conn, data)
             elif not self._write(conn, data, None):
                 return
+            relayed = True
 
     def _close(self, conn: _Connection) -> None:
         if self._by_fd.pop(conn.client.fileno(), None) is None:
@@ -786,6 +825,7 @@ class DataPlane:
                 "local_replies_in_kernel": replies - agent, "punted": sum(punts.values()), "punts": punts,
                 "connections": self.connections, "agent_wakeups": self.agent_wakeups,
                 "answers_held": self.answers_held, "answers_untracked": self.answers_untracked,
+                "upstream_resets": self.upstream_resets,
                 "programs": [{"name": s.name, "verified_insns": s.verified_insns} for s in self.stats]}
 
 

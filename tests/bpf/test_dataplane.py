@@ -274,11 +274,14 @@ class ScriptedBackend(EchoBackend):
     written one by one, `gap` seconds apart, after `delay`."""
 
     def __init__(self, script: list[bytes], delay: float = 0.05, gap: float = 0.02, together: bool = False,
-                 close: bool = False, fin_with_last_bytes: bool = False):
+                 close: bool = False, fin_with_last_bytes: bool = False, answers: int | None = None):
         # together: after `delay`, every request read by then is answered in one write;
         # close: the connection is closed after the first answer; fin_with_last_bytes: and its FIN
-        # rides on the answer's last segment (corked until the shutdown), not a segment of its own.
+        # rides on the answer's last segment (corked until the shutdown), not a segment of its own;
+        # answers: a connection's request after that many answers is read and not answered (closed).
         self.script, self.gap, self.together, self.close_after = script, gap, together, close
+        self.answers = answers
+        self.open, self.changes = 0, threading.Condition()  # connections being answered
         self.fin_with_last_bytes = fin_with_last_bytes
         self.requests: list[int] = []  # per connection accepted, in order: the requests it read
         super().__init__("scripted")
@@ -286,6 +289,21 @@ class ScriptedBackend(EchoBackend):
         self.address = ("127.0.0.1", self.port)
 
     def _handle(self, conn):
+        with self.changes:
+            self.open += 1
+        try:
+            self._answer_on(conn)
+        finally:
+            with self.changes:
+                self.open -= 1
+                self.changes.notify_all()
+
+    def all_closed(self, timeout: float) -> bool:
+        """Wait until every connection accepted so far is closed."""
+        with self.changes:
+            return self.changes.wait_for(lambda: self.open == 0, timeout)
+
+    def _answer_on(self, conn):
         with conn, contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             index = len(self.requests)
@@ -299,6 +317,8 @@ class ScriptedBackend(EchoBackend):
                     pending += chunk
                 pending = pending.partition(b"\r\n\r\n")[2]
                 self.requests[index] += 1
+                if self.answers is not None and self.requests[index] > self.answers:
+                    return
                 time.sleep(self.delay)
                 if self.together:
                     conn.setblocking(False)
@@ -669,13 +689,16 @@ def test_an_upstream_closing_after_its_response_releases_the_held_answer(plane_i
             assert _statuses(sock, 2) == [b"200", b"403"]
 
 
-def _one_at_a_time(sock: socket.socket, requests=(ALLOWED_02, DENIED_02, ALLOWED_02)) -> list[str]:
+def _one_at_a_time(sock: socket.socket, requests=(ALLOWED_02, DENIED_02, ALLOWED_02),
+                   after_the_first=lambda: None) -> list[str]:
     """The requests on one connection, each sent after the previous answer: the status lines, and
-    "closed" where the connection ended instead."""
+    "closed" where the connection ended instead. `after_the_first` runs once the first is answered."""
     seen = []
     with sock:
         sock.settimeout(3)
-        for raw in requests:
+        for k, raw in enumerate(requests):
+            if k == 1:
+                after_the_first()
             try:
                 sock.sendall(raw)
                 seen.append(_statuses(sock, 1)[0].decode())
@@ -689,7 +712,7 @@ class _AgentLateForUpstreamCloses(DataPlane):
     """The data plane as it is when the agent has not yet reacted to an upstream's close (a loaded
     machine: CI once failed this way, docs/bugs/0011): only the kernel program knows."""
 
-    def _keep_client_after_upstream_close(self, conn: _Connection) -> bool:
+    def _keep_client_after_upstream_close(self, conn: _Connection, relayed: bool) -> bool:
         return True  # "dealt with": the agent never drops the upstream sockets
 
 
@@ -707,15 +730,22 @@ def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy(answe
     policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
     backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + answer + b"\r\nok"],
                               delay=0.0, close=True, fin_with_last_bytes=fin.startswith("with"))
+
+    def idle():
+        # The close happens between requests (an idle timeout), not as the next request travels:
+        # then Envoy too sends it on the closing connection and answers 503 (seen in CI).
+        assert backend.all_closed(3)
+        time.sleep(0.1)  # for the proxies to take the FIN
+
     envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
     try:
         to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
         to_envoy.setblocking(True)
-        want = _one_at_a_time(to_envoy)
+        want = _one_at_a_time(to_envoy, after_the_first=idle)
         address = ("127.0.0.1", free_port())
         with plane(policy, generate(compile_policy(policy), policy.hcm), address, None,
                    {"app": backend.address}).serving():
-            got = _one_at_a_time(socket.create_connection(address, timeout=5))
+            got = _one_at_a_time(socket.create_connection(address, timeout=5), after_the_first=idle)
     finally:
         envoy.close()
         backend.close()
@@ -756,6 +786,49 @@ def test_an_upstream_announcing_its_close_gets_no_further_request_as_in_envoy(an
     assert want == (["200", "200"], [2] if keeps else [1, 1])
     assert got == want
     assert punts == ({} if keeps else {dict(PARSER_VERDICTS)["upstream_closed"]: 1})
+
+
+def test_an_upstream_closing_instead_of_answering_gets_envoys_503():
+    """The upstream reads the second request and closes without answering (an idle timeout racing
+    the request): Envoy answers 503 and keeps the client's connection, and the third request gets
+    a new upstream connection. l7fp's agent writes the same 503 (`wire.UPSTREAM_RESET_BODY`) and
+    Envoy takes the third request. Measured on Envoy in the same run."""
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], delay=0.0, answers=1)
+
+    def three_answers(sock: socket.socket) -> list[bytes]:
+        seen = []
+        with sock:
+            sock.settimeout(3)
+            for _ in range(3):
+                try:
+                    sock.sendall(ALLOWED_02)
+                    seen.append(re.sub(rb"\r\ndate: [^\r]*", b"", _read_response(sock, b"", False)[0]))
+                except (OSError, AssertionError):
+                    seen.append(b"closed")
+                    break
+        return seen
+
+    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
+    try:
+        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
+        to_envoy.setblocking(True)
+        want = three_answers(to_envoy)
+        address = ("127.0.0.1", free_port())
+        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                       {"app": backend.address}).serving() as plane:
+            got = three_answers(socket.create_connection(address, timeout=5))
+            resets = plane.counters()["upstream_resets"]
+    finally:
+        envoy.close()
+        backend.close()
+    def statuses(answers: list[bytes]) -> list[bytes]:
+        return [a[9:12] if a.startswith(b"HTTP/1.1 ") else a for a in answers]
+
+    assert statuses(want) == [b"200", b"503", b"200"]  # Envoy 1.40.0
+    assert statuses(got) == statuses(want)
+    assert got[1] == want[1]  # the 503 byte for byte (but its date)
+    assert resets == 1
 
 
 _HTTP10_KEEP_ALIVE = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok"
