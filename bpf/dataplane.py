@@ -61,6 +61,9 @@ SO_COOKIE = 57
 MODE_PUNTED = 1
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
 _R_HEAD = 0  # http1_response.h: `rstate` when the next response byte starts a head
+# Envoy's route timeout when the route sets none. Routes that set one punt (synth/offload.py), so
+# this is the only one the kernel path applies (`_check_route_timeouts`).
+ROUTE_TIMEOUT_S = 15
 # Punts the agent decides for a whole connection (counted per connection, like the kernel's).
 UNJUDGED = "bytes the kernel program did not judge (read by the agent before it saw them)"
 UPSTREAM_UNREACHABLE = "an upstream connection failed or timed out (Envoy answers as it would)"
@@ -162,7 +165,7 @@ class _Connection:
     to_client: int = 0
     written: int = 0  # bytes the agent wrote to the client
     flushed: int = 0  # redirected bytes known to have entered the client socket's queue
-    reset_answered: int = 0  # forwards whose upstream closed unanswered: the agent wrote Envoy's 503
+    answered_by_agent: int = 0  # forwards the agent answered for their upstream (its close; a timeout)
     held: list = field(default_factory=list)  # answers waiting for the responses ahead: (bytes, then)
 
     @property
@@ -203,7 +206,7 @@ def _unanswered(conn: _Connection, state) -> int:
     """Forwarded requests still waiting for an answer: in flight at the program, less those the
     agent answered itself when their upstream closed (-1: untracked)."""
     in_flight = _in_flight_of(state)
-    return in_flight if in_flight < 0 else in_flight - conn.reset_answered
+    return in_flight if in_flight < 0 else in_flight - conn.answered_by_agent
 
 
 def _progress(state) -> tuple[int, int, int, int]:
@@ -302,6 +305,8 @@ class DataPlane:
         self.agent_wakeups = 0  # epoll returns with work: what the fast path costs user space
         self.answers_held = self.answers_untracked = 0
         self.upstream_resets = 0  # Envoy's 503 for a forward whose upstream closed before answering
+        self.route_timeouts = 0  # forwards unanswered after Envoy's route timeout (504, or the close)
+        self._timeouts_checked = time.monotonic_ns()
         self._holding: dict[int, _Connection] = {}  # cookie -> connection with answers held
         self._by_fd: dict[int, _Connection] = {}
         self._by_cookie: dict[int, _Connection] = {}
@@ -581,11 +586,11 @@ class DataPlane:
         """An upstream closed its connection (an idle timeout; after `connection: close`). The
         client's connection stays open, as with Envoy (docs/bugs/0011), when every response
         forwarded has ended, or when only the last forward is unanswered and no byte of its response
-        came: Envoy answers that one 503 (`wire.UPSTREAM_RESET_BODY`), and so does the agent, in
-        order behind the responses before it. The upstream sockets go, and the next request the
-        program would forward punts ("upstream closed": a response announced the close, or the
-        program finds no open upstream socket), so Envoy, which opens upstream connections of its
-        own, answers it and the rest; local replies stay in the kernel. The program decides that
+        came: Envoy answers that one 503 (`wire.UPSTREAM_RESET_BODY`), and so does the agent
+        (`_answer_for_the_upstream`). The upstream sockets go, and the next request the program
+        would forward punts ("upstream closed": a response announced the close, or the program
+        finds no open upstream socket), so Envoy, which opens upstream connections of its own,
+        answers it and the rest; local replies stay in the kernel. The program decides that
         itself, so no request goes to the closed upstream however late this runs. Else (a response
         cut short, framing not followed, a HEAD unanswered, several forwards unanswered): False.
         `relayed`: the agent read response bytes from the upstream itself (the program missed them):
@@ -594,25 +599,58 @@ class DataPlane:
         if state is None:
             return False
         unanswered = _unanswered(conn, state)
-        head = (state.heads >> (state.done & 63)) & 1
-        if unanswered == 1 and not relayed and state.rstate == _R_HEAD and not head:
-            self._drop_upstreams(conn)  # from here on no response byte can reach the program
-            after = self._state(conn)
-            if after is None or _progress(after) != _progress(state):
-                # The program was taking a segment of the response as the upstream closed.
-                return after is not None and _unanswered(conn, after) == 0
-            conn.reset_answered += 1
-            self.upstream_resets += 1
-            self._answer(conn, self._upstream_reset_reply())
+        if unanswered == 0:
+            self._drop_upstreams(conn)
             return True
-        if unanswered != 0:
+        if unanswered != 1 or relayed:
             return False
-        self._drop_upstreams(conn)
-        return True
+        done = self._answer_for_the_upstream(conn, state, wire.UPSTREAM_RESET_STATUS, wire.UPSTREAM_RESET_BODY)
+        self.upstream_resets += done == "answered"
+        return done is not None
 
-    def _upstream_reset_reply(self) -> bytes:
-        return wire.local_reply(wire.UPSTREAM_RESET_STATUS, wire.UPSTREAM_RESET_BODY, head=False,
-                                date=wire.http_date(int(time.time())), server=self.policy.server_header)
+    def _check_route_timeouts(self) -> None:
+        """Envoy's implicit route timeout (ROUTE_TIMEOUT_S; a route that sets its own timing is
+        Envoy's: synth/offload.py) on what the kernel forwarded, checked every half second: when
+        the oldest unanswered forward of a connection has waited that long, Envoy answers 504 if no
+        byte of the response came, and so does the agent; otherwise Envoy resets the stream, and
+        the agent closes the client's connection (docs/bugs/0012)."""
+        now = time.monotonic_ns()
+        if now - self._timeouts_checked < 500_000_000:
+            return
+        self._timeouts_checked = now
+        for conn in list(self._by_cookie.values()):
+            if conn.punted or not conn.upstreams:
+                continue
+            state = self._state(conn)
+            if state is None or _unanswered(conn, state) <= 0:
+                continue
+            since = state.fwd_ns[state.done % 64]  # the program writes it before it counts the forward
+            if not since or now - since < ROUTE_TIMEOUT_S * 10**9:
+                continue
+            self.route_timeouts += 1
+            if self._answer_for_the_upstream(conn, state, wire.ROUTE_TIMEOUT_STATUS, wire.ROUTE_TIMEOUT_BODY) is None:
+                self._close(conn)
+
+    def _answer_for_the_upstream(self, conn: _Connection, state, status: int, body: str) -> str | None:
+        """Envoy's local reply (`status`, `body`) to the connection's oldest unanswered forward, which
+        its upstream will not answer (it closed; the route's timeout passed), when that is the only
+        one unanswered, no byte of its response came and it is not a HEAD. The upstream sockets go
+        first, so that no response byte can follow; the reply then waits in answer order, and the
+        next forwards punt (no open upstream socket). "answered"; "ended": the response came
+        whole just before the sockets went; None: Envoy resets the stream there instead (the
+        caller closes the client's connection)."""
+        head = (state.heads >> (state.done & 63)) & 1
+        if _unanswered(conn, state) != 1 or state.rstate != _R_HEAD or head:
+            return None
+        self._drop_upstreams(conn)  # from here on no response byte can reach the program
+        after = self._state(conn)
+        if after is None or _progress(after) != _progress(state):
+            # The program was taking a segment of the response meanwhile.
+            return "ended" if after is not None and _unanswered(conn, after) == 0 else None
+        conn.answered_by_agent += 1
+        self._answer(conn, wire.local_reply(status, body, head=False, date=wire.http_date(int(time.time())),
+                                            server=self.policy.server_header))
+        return "answered"
 
     def _finish(self, conn: _Connection) -> None:
         """A hang-up (the client's, an upstream's). Held answers whose responses ahead have ended
@@ -769,6 +807,7 @@ class DataPlane:
                     self._on_peer(conn, sock)
             self._check_lost_records()
             self._check_connect_deadlines()
+            self._check_route_timeouts()
             self._read_told()
             if self._holding:
                 self._release_held()
@@ -825,7 +864,7 @@ class DataPlane:
                 "local_replies_in_kernel": replies - agent, "punted": sum(punts.values()), "punts": punts,
                 "connections": self.connections, "agent_wakeups": self.agent_wakeups,
                 "answers_held": self.answers_held, "answers_untracked": self.answers_untracked,
-                "upstream_resets": self.upstream_resets,
+                "upstream_resets": self.upstream_resets, "route_timeouts": self.route_timeouts,
                 "programs": [{"name": s.name, "verified_insns": s.verified_insns} for s in self.stats]}
 
 

@@ -91,6 +91,10 @@ def closes_connection(status: int, *, connection_close: bool, request_body: bool
 # tests/bpf/test_dataplane.py's upstream that closes instead of answering).
 UPSTREAM_RESET_STATUS = 503
 UPSTREAM_RESET_BODY = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+# Envoy's local reply when a route's timeout passes before any response byte (504; the client's
+# connection stays open; measured on 1.40.0 with a 0.3 s route timeout and a 1 s slow upstream).
+ROUTE_TIMEOUT_STATUS = 504
+ROUTE_TIMEOUT_BODY = "upstream request timeout"
 
 
 def local_reply(status: int, body: str, *, head: bool, date: str, location: str | None = None,

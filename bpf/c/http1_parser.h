@@ -105,6 +105,8 @@ struct conn {
     u32 untracked;     /* set for good when the framing is not followed (any path) */
     u32 upstream_closed; /* a response announced its upstream's close: later forwards punt (response path) */
     u32 pad2;
+    u64 fwd_ns[64];    /* n % 64: when forwarded request n left, bpf_ktime_get_ns (request path; the
+                        * agent times the oldest unanswered one out as Envoy's route timeout would) */
     u32 fo[N_FIELDS];  /* field offsets in buf */
     u32 fl[N_FIELDS];  /* field lengths */
     u32 count[N_SLOTS];

@@ -196,6 +196,8 @@ static __always_inline int l7fp_act(struct __sk_buff *skb, struct conn *c, const
                              (BYTE(c, 4) ^ ' '));
         c->heads = (c->heads & ~bit) | (bit & (0 - head));
         c->fwd_slot = slot;
+        c->fwd_ns[c->sent & 63] = bpf_ktime_get_ns();
+        asm volatile("" ::: "memory"); /* its time before its count: the agent reads `sent` first */
         c->sent += 1; /* before the upstream can answer: the redirect happens when this returns */
         l7fp_count(v);
         return SK_PASS;

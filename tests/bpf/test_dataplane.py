@@ -902,7 +902,7 @@ def _envoy_and_plane_with_a_route_timeout(tmp_path, timeout: str | None = "0.3s"
         endpoints = {"app": ("127.0.0.1", envoy.backends["app"].port)}
         with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
                        endpoints).serving() as plane:
-            yield envoy.address, address, plane
+            yield envoy.address, address, plane, envoy.backends["app"]
 
 
 def test_a_punted_request_gets_the_routes_timeout(tmp_path):
@@ -910,7 +910,7 @@ def test_a_punted_request_gets_the_routes_timeout(tmp_path):
     operational fields back to it): a request that punts ('..') gets Envoy's 504, not the
     upstream's late 200 under Envoy's 15 s default."""
     punted = b"GET /api/../api/x HTTP/1.1\r\nHost: a.test\r\n\r\n"
-    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, _):
+    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, _, _):
         want = outcome_of(send_raw(envoy, punted)).status
         got = outcome_of(send_raw(address, punted)).status
     assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 0.3 s
@@ -921,7 +921,7 @@ def test_a_route_with_a_timeout_is_envoys_which_applies_it(tmp_path):
     """docs/bugs/0012: the kernel does not apply a route's timeout, so the DAG sends what a route
     with one would forward to Envoy: an allowed request gets Envoy's 504, counted as a punt that
     names the timeout (before: the upstream's late 200, through the kernel)."""
-    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, plane):
+    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, address, plane, _):
         want = outcome_of(send_raw(envoy, ALLOWED_02)).status
         got = outcome_of(send_raw(address, ALLOWED_02)).status
         counters = plane.counters()
@@ -932,12 +932,24 @@ def test_a_route_with_a_timeout_is_envoys_which_applies_it(tmp_path):
     assert "timeout" in reason and n == 1
 
 
-@pytest.mark.xfail(strict=True, reason="docs/bugs/0012: the kernel path does not apply Envoy's implicit 15 s "
-                                       "route timeout (Envoy answers 504; l7fp waits for the upstream)")
 def test_the_implicit_route_timeout_is_applied_as_in_envoy(tmp_path):
-    """About 31 s: Envoy's default is 15 s, and the upstream must be slower."""
-    with _envoy_and_plane_with_a_route_timeout(tmp_path, timeout=None, delay=15.5) as (envoy, address, _):
-        want = outcome_of(send_raw(envoy, ALLOWED_02, timeout=30)).status
-        got = outcome_of(send_raw(address, ALLOWED_02, timeout=30)).status
-    assert want == 504  # Envoy 1.40.0: "upstream request timeout" after 15 s
+    """docs/bugs/0012: a route without a timeout has Envoy's 15 s. The upstream answers after
+    15.5 s: Envoy answers 504 (and keeps the connection: the next request gets its 200); so does
+    l7fp, whose agent times out what the kernel forwarded. About 32 s."""
+    def two_answers(address, backend) -> list[bytes]:
+        backend.delay = 15.5
+        with socket.create_connection(address, timeout=30) as sock:
+            sock.sendall(ALLOWED_02)
+            first = _read_response(sock, b"", False)[0]
+            backend.delay = 0.0
+            sock.sendall(ALLOWED_02)
+            second = _read_response(sock, b"", False)[0]
+        return [re.sub(rb"\r\ndate: [^\r]*", b"", first), second[9:12]]
+
+    with _envoy_and_plane_with_a_route_timeout(tmp_path, timeout=None) as (envoy, address, plane, backend):
+        want = two_answers(envoy, backend)
+        got = two_answers(address, backend)
+        timeouts = plane.counters()["route_timeouts"]
+    assert want[0].startswith(b"HTTP/1.1 504 ") and want[1] == b"200"  # Envoy 1.40.0, after 15 s
     assert got == want
+    assert timeouts == 1
