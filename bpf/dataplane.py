@@ -209,9 +209,10 @@ def _unanswered(conn: _Connection, state) -> int:
     return in_flight if in_flight < 0 else in_flight - conn.answered_by_agent
 
 
-def _progress(state) -> tuple[int, int, int, int]:
-    """What the response path changes as response bytes meet it, from a `struct conn`."""
-    return state.to_client, state.done, state.rstate, state.untracked
+def _progress(state) -> tuple[int, int, int, int, int]:
+    """What the program changes as it forwards a request or meets response bytes, from a `struct
+    conn`."""
+    return state.sent, state.to_client, state.done, state.rstate, state.untracked
 
 
 def _queued_to(sock: socket.socket) -> int:
@@ -306,7 +307,8 @@ class DataPlane:
         self.answers_held = self.answers_untracked = 0
         self.upstream_resets = 0  # Envoy's 503 for a forward whose upstream closed before answering
         self.route_timeouts = 0  # forwards unanswered after Envoy's route timeout (504, or the close)
-        self._timeouts_checked = time.monotonic_ns()
+        self.next_timeout_check = 0  # monotonic ns: when `_check_route_timeouts` looks again
+        self.route_timeout_s = ROUTE_TIMEOUT_S  # Envoy's; tests shorten it to compare with a route's own
         self._holding: dict[int, _Connection] = {}  # cookie -> connection with answers held
         self._by_fd: dict[int, _Connection] = {}
         self._by_cookie: dict[int, _Connection] = {}
@@ -445,10 +447,15 @@ class DataPlane:
         for upstream in conn.upstreams:
             self.readiness.unregister(upstream)
             try:
-                del self._peers[ct.c_uint64(_cookie(upstream))]
-            except (KeyError, OSError):
-                pass
+                cookie = _cookie(upstream)
+            except OSError:
+                cookie = None
+            # Closed first (out of the SOCKHASH): a response step the program is taking on it
+            # still finds its peer, and redirects what it counted.
             upstream.close()
+            if cookie is not None:
+                with contextlib.suppress(KeyError, OSError):
+                    del self._peers[ct.c_uint64(cookie)]
         conn.upstreams = []
 
     def _check_connect_deadlines(self) -> None:
@@ -582,17 +589,18 @@ class DataPlane:
         conn.in_flight, conn.flushed = 0, state.to_client
         return True
 
-    def _keep_client_after_upstream_close(self, conn: _Connection, relayed: bool) -> bool:
+    def _keep_client_after_upstream_close(self, conn: _Connection, upstream: socket.socket, relayed: bool) -> bool:
         """An upstream closed its connection (an idle timeout; after `connection: close`). The
         client's connection stays open, as with Envoy (docs/bugs/0011), when every response
-        forwarded has ended, or when only the last forward is unanswered and no byte of its response
-        came: Envoy answers that one 503 (`wire.UPSTREAM_RESET_BODY`), and so does the agent
-        (`_answer_for_the_upstream`). The upstream sockets go, and the next request the program
-        would forward punts ("upstream closed": a response announced the close, or the program
-        finds no open upstream socket), so Envoy, which opens upstream connections of its own,
-        answers it and the rest; local replies stay in the kernel. The program decides that
-        itself, so no request goes to the closed upstream however late this runs. Else (a response
-        cut short, framing not followed, a HEAD unanswered, several forwards unanswered): False.
+        forwarded has ended, or when only the last forward is unanswered, it went to this upstream
+        and no byte of its response came: Envoy answers that one 503 (`wire.UPSTREAM_RESET_BODY`),
+        and so does the agent (`_answer_for_the_upstream`). The upstream sockets go, and the next
+        request the program would forward punts ("upstream closed": a response announced the
+        close, or the program finds no open upstream socket), so Envoy, which opens upstream
+        connections of its own, answers it and the rest; local replies stay in the kernel. The
+        program decides that itself, so no request goes to the closed upstream however late this
+        runs. Else (a response cut short, framing not followed, a HEAD unanswered, several forwards
+        unanswered, one in flight to another cluster's upstream): False.
         `relayed`: the agent read response bytes from the upstream itself (the program missed them):
         then no 503, they may be that answer."""
         state = self._state(conn)
@@ -601,8 +609,10 @@ class DataPlane:
         unanswered = _unanswered(conn, state)
         if unanswered == 0:
             self._drop_upstreams(conn)
-            return True
-        if unanswered != 1 or relayed:
+            after = self._state(conn)  # a forward (to another cluster) meanwhile went to a closed socket
+            return after is not None and after.sent == state.sent
+        slot = conn.upstreams.index(upstream) + 1 if upstream in conn.upstreams else -1
+        if unanswered != 1 or relayed or slot != state.fwd_slot:
             return False
         done = self._answer_for_the_upstream(conn, state, wire.UPSTREAM_RESET_STATUS, wire.UPSTREAM_RESET_BODY)
         self.upstream_resets += done == "answered"
@@ -610,46 +620,60 @@ class DataPlane:
 
     def _check_route_timeouts(self) -> None:
         """Envoy's implicit route timeout (ROUTE_TIMEOUT_S; a route that sets its own timing is
-        Envoy's: synth/offload.py) on what the kernel forwarded, checked every half second: when
-        the oldest unanswered forward of a connection has waited that long, Envoy answers 504 if no
-        byte of the response came, and so does the agent; otherwise Envoy resets the stream, and
-        the agent closes the client's connection (docs/bugs/0012)."""
+        Envoy's: synth/offload.py) on what the kernel forwarded: when the oldest unanswered forward
+        of a connection has waited that long, Envoy answers 504 if no byte of the response came,
+        and so does the agent; otherwise Envoy resets the stream, and the agent closes the client's
+        connection (docs/bugs/0012). Every connection is looked at once a second, or once per
+        timeout if shorter (a forward made since is due no earlier), and the agent wakes again at
+        the earliest deadline it saw."""
         now = time.monotonic_ns()
-        if now - self._timeouts_checked < 500_000_000:
+        if now < self.next_timeout_check:
             return
-        self._timeouts_checked = now
+        timeout = int(self.route_timeout_s * 10**9)
+        earliest = now + min(10**9, timeout)
         for conn in list(self._by_cookie.values()):
-            if conn.punted or not conn.upstreams:
+            if not conn.upstreams:
                 continue
             state = self._state(conn)
             if state is None or _unanswered(conn, state) <= 0:
                 continue
-            since = state.fwd_ns[state.done % 64]  # the program writes it before it counts the forward
-            if not since or now - since < ROUTE_TIMEOUT_S * 10**9:
+            # The program writes the stamp before it counts the forward.
+            stamp = state.fwd_ns[(state.done + conn.answered_by_agent) % 64]
+            deadline = stamp + timeout
+            if not stamp or deadline > now:
+                earliest = min(earliest, deadline) if stamp else earliest
                 continue
-            self.route_timeouts += 1
-            if self._answer_for_the_upstream(conn, state, wire.ROUTE_TIMEOUT_STATUS, wire.ROUTE_TIMEOUT_BODY) is None:
+            done = self._answer_for_the_upstream(conn, state, wire.ROUTE_TIMEOUT_STATUS, wire.ROUTE_TIMEOUT_BODY)
+            if done is None:
                 self._close(conn)
+            self.route_timeouts += done != "ended"
+        self.next_timeout_check = earliest
 
     def _answer_for_the_upstream(self, conn: _Connection, state, status: int, body: str) -> str | None:
         """Envoy's local reply (`status`, `body`) to the connection's oldest unanswered forward, which
         its upstream will not answer (it closed; the route's timeout passed), when that is the only
         one unanswered, no byte of its response came and it is not a HEAD. The upstream sockets go
-        first, so that no response byte can follow; the reply then waits in answer order, and the
-        next forwards punt (no open upstream socket). "answered"; "ended": the response came
-        whole just before the sockets went; None: Envoy resets the stream there instead (the
-        caller closes the client's connection)."""
-        head = (state.heads >> (state.done & 63)) & 1
+        first, so that no response byte can follow and nothing more is forwarded to them; the reply
+        goes before every answer held (they all answer later requests), and the next forwards punt
+        (no open upstream socket). "answered"; "ended": the response came whole just before the
+        sockets went; None: Envoy resets the stream there instead, or a request was forwarded
+        meanwhile (the caller closes the client's connection)."""
+        head = (state.heads >> ((state.done + conn.answered_by_agent) & 63)) & 1
         if _unanswered(conn, state) != 1 or state.rstate != _R_HEAD or head:
             return None
-        self._drop_upstreams(conn)  # from here on no response byte can reach the program
+        self._drop_upstreams(conn)
         after = self._state(conn)
         if after is None or _progress(after) != _progress(state):
-            # The program was taking a segment of the response meanwhile.
-            return "ended" if after is not None and _unanswered(conn, after) == 0 else None
+            # The program took a response segment meanwhile (or forwarded a request).
+            ended = after is not None and after.sent == state.sent and _unanswered(conn, after) == 0
+            return "ended" if ended else None
         conn.answered_by_agent += 1
-        self._answer(conn, wire.local_reply(status, body, head=False, date=wire.http_date(int(time.time())),
-                                            server=self.policy.server_header))
+        reply = wire.local_reply(status, body, head=False, date=wire.http_date(int(time.time())),
+                                 server=self.policy.server_header)
+        if conn.held:
+            conn.held.insert(0, (reply, None))
+        else:
+            self._answer(conn, reply)
         return "answered"
 
     def _finish(self, conn: _Connection) -> None:
@@ -763,7 +787,7 @@ class DataPlane:
                 if sock is conn.envoy:  # Envoy's last answers may be held: the close waits behind them
                     self.readiness.unregister(sock)  # (level-triggered: it would report the EOF forever)
                     self._answer(conn, b"", "close")
-                elif not self._keep_client_after_upstream_close(conn, relayed):
+                elif not self._keep_client_after_upstream_close(conn, sock, relayed):
                     self._finish(conn)
                 return
             if sock is conn.envoy:
@@ -792,7 +816,8 @@ class DataPlane:
     def serve_forever(self) -> None:
         while not self._stopping.is_set():
             # Held answers are checked every millisecond: their release is not an event to wait on.
-            ready = self.readiness.ready(timeout=0.001 if self._holding else 0.2)
+            until_timeouts = max(0.0, (self.next_timeout_check - time.monotonic_ns()) / 1e9)
+            ready = self.readiness.ready(timeout=0.001 if self._holding else min(0.2, until_timeouts))
             self.agent_wakeups += bool(ready)
             for sock, (kind, conn) in ready:
                 if kind == "accept":

@@ -92,32 +92,25 @@ def matcher_constant(node) -> str | None:
 
 # Route action fields that change a forwarded request's answer through time or extra upstream
 # traffic, which the kernel does not reproduce (docs/bugs/0012): a route that sets one goes to Envoy.
-# The route's implicit 15 s timeout is not among them (every route has it); nor are fields without
-# effect on the answer here (hash_policy, priority: one endpoint; cluster_not_found_response_code).
+# The data plane's agent applies only Envoy's implicit 15 s route timeout, so any `timeout` written,
+# 0s (none) included, is Envoy's. Not among them: fields without effect on the answer here
+# (hash_policy, priority: one endpoint; cluster_not_found_response_code).
 ENVOY_ONLY_ROUTE_FIELDS = ("timeout", "idle_timeout", "max_stream_duration", "retry_policy",
                            "request_mirror_policies", "max_grpc_timeout", "grpc_timeout_offset",
                            "auto_host_rewrite")
 
 
 def envoy_only_fields(action: ir.ForwardAction) -> list[str]:
-    """The fields of ENVOY_ONLY_ROUTE_FIELDS the route action sets (`timeout: 0s`, no timeout, is
-    what the kernel does already)."""
-    written = {snake(key): value for key, value in json.loads(action.operational or "{}").items()}
-    return [key for key in ENVOY_ONLY_ROUTE_FIELDS
-            if key in written and not (key == "timeout" and _zero_duration(written[key]))]
-
-
-def _zero_duration(value) -> bool:
-    try:
-        return float(str(value).removesuffix("s")) == 0
-    except ValueError:
-        return False
+    """The fields of ENVOY_ONLY_ROUTE_FIELDS the route action sets."""
+    written = {snake(key) for key in json.loads(action.operational or "{}")}
+    return [key for key in ENVOY_ONLY_ROUTE_FIELDS if key in written]
 
 
 def action_punt(route: ir.Route) -> str | None:
     action = route.action
-    if isinstance(action, ir.ForwardAction) and envoy_only_fields(action):
-        return f"route {', '.join(envoy_only_fields(action))}: applied by Envoy only"
+    envoy_only = envoy_only_fields(action) if isinstance(action, ir.ForwardAction) else []
+    if envoy_only:
+        return f"route {', '.join(envoy_only)}: applied by Envoy only"
     rewrites = []
     if isinstance(action, (ir.ForwardAction, ir.RedirectAction)):
         rewrites = [action.prefix_rewrite]

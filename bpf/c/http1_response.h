@@ -20,7 +20,8 @@
  *
  * A complete head also says whether the upstream will close its connection after the response
  * (not HTTP/1.1; a Connection header other than one `keep-alive`): the connection is then marked
- * (`upstream_closed`) and no later request is forwarded to that upstream (docs/bugs/0011).
+ * (`upstream_closed`) and no later request is forwarded to that upstream (docs/bugs/0011). Heads
+ * after the framing is lost are not read: there only the request path's socket check remains.
  *
  * Each program run takes one step (a body's remainder, or one head) and tail-calls itself for
  * the next response in the same segment; a step that cannot tail-call (the kernel allows 33)

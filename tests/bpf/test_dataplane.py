@@ -712,7 +712,7 @@ class _AgentLateForUpstreamCloses(DataPlane):
     """The data plane as it is when the agent has not yet reacted to an upstream's close (a loaded
     machine: CI once failed this way, docs/bugs/0011): only the kernel program knows."""
 
-    def _keep_client_after_upstream_close(self, conn: _Connection, relayed: bool) -> bool:
+    def _keep_client_after_upstream_close(self, conn: _Connection, upstream: socket.socket, relayed: bool) -> bool:
         return True  # "dealt with": the agent never drops the upstream sockets
 
 
@@ -903,6 +903,38 @@ def _envoy_and_plane_with_a_route_timeout(tmp_path, timeout: str | None = "0.3s"
         with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
                        endpoints).serving() as plane:
             yield envoy.address, address, plane, envoy.backends["app"]
+
+
+def test_a_timed_out_forward_is_answered_before_the_answers_held_behind_it(tmp_path):
+    """A forwarded request whose upstream is slower than the route timeout, with a request pipelined
+    behind it that punts ('..': Envoy answers 403 at once, and that answer is held behind the
+    forward): the 504 comes first, then the 403, as from Envoy. Envoy runs config 02 with
+    `timeout: 0.3s` on its route; l7fp runs config 02 (a route with its own timeout would punt) with
+    the agent's implicit route timeout set to the same 0.3 s."""
+    punted_deny = b"GET /api/../admin HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+    def answers(address) -> list[bytes]:
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(DENIED_02)  # first alone: the connection is on the fast path after it
+            seen = _statuses(sock, 1)
+            sock.sendall(ALLOWED_02)
+            time.sleep(0.005)
+            sock.sendall(punted_deny)
+            return seen + _statuses(sock, 2)
+
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    program = generate(compile_policy(policy), policy.hcm)
+    with _envoy_and_plane_with_a_route_timeout(tmp_path) as (envoy, _, _, backend):  # upstream 1 s slow
+        want = answers(envoy)
+        with DataPlane(policy, program, ("127.0.0.1", free_port()), None,
+                       {"app": ("127.0.0.1", backend.port)}).serving() as plane:
+            plane.route_timeout_s = 0.3
+            got = answers(plane.listener.getsockname())
+            counters = plane.counters()
+    assert want == [b"403", b"504", b"403"]  # Envoy 1.40.0
+    assert got == want
+    assert counters["route_timeouts"] == 1 and counters["forwarded_in_kernel"] == 1
 
 
 def test_a_punted_request_gets_the_routes_timeout(tmp_path):

@@ -209,12 +209,13 @@ def test_dag_punts_requests_the_reference_does_not_model(case):
     ("retry_policy: {retry_on: 5xx, num_retries: 2}", "retry_policy"),
     ("request_mirror_policies: [{cluster: app}]", "request_mirror_policies"),
     ("idleTimeout: 5s", "idle_timeout"),
-    ("timeout: 0s", None),  # no timeout: what the kernel does
+    ("timeout: 0s", "timeout"),  # no timeout: the data plane would apply Envoy's default 15 s
     ("hash_policy: [{header: {header_name: x-user}}]", None),  # one endpoint: no effect on the answer
 ])
 def test_a_route_setting_what_only_envoy_applies_is_a_punt_leaf(tmp_path, fields, punts):
-    """docs/bugs/0012: the kernel applies no route timeout, retry or mirror, so a route that sets
-    one forwards nothing in kernel; fields without effect on the answer keep it in the kernel."""
+    """docs/bugs/0012: the data plane applies no route timeout but Envoy's implicit one, and no
+    retry or mirror, so a route that sets one forwards nothing in kernel; fields without effect on
+    the answer keep it in the kernel."""
     from l7fp.semantics.frontends import load_policy
 
     text = (Path(__file__).parents[1] / "envoy" / "configs" / "02_rbac_deny_normalized.yaml").read_text()
