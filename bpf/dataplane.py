@@ -209,6 +209,12 @@ def _unanswered(conn: _Connection, state) -> int:
     return in_flight if in_flight < 0 else in_flight - conn.answered_by_agent
 
 
+def _oldest_unanswered(conn: _Connection, state) -> int:
+    """The index (mod 64) of the connection's oldest forward still waiting for an answer, into the
+    program's per-forward records (`heads`, `fwd_ns`)."""
+    return (state.done + conn.answered_by_agent) % 64
+
+
 def _progress(state) -> tuple[int, int, int, int, int]:
     """What the program changes as it forwards a request or meets response bytes, from a `struct
     conn`."""
@@ -637,11 +643,11 @@ class DataPlane:
             state = self._state(conn)
             if state is None or _unanswered(conn, state) <= 0:
                 continue
-            # The program writes the stamp before it counts the forward.
-            stamp = state.fwd_ns[(state.done + conn.answered_by_agent) % 64]
-            deadline = stamp + timeout
-            if not stamp or deadline > now:
-                earliest = min(earliest, deadline) if stamp else earliest
+            stamp = state.fwd_ns[_oldest_unanswered(conn, state)]  # written before `sent` counts it
+            if not stamp:
+                continue
+            if stamp + timeout > now:
+                earliest = min(earliest, stamp + timeout)
                 continue
             done = self._answer_for_the_upstream(conn, state, wire.ROUTE_TIMEOUT_STATUS, wire.ROUTE_TIMEOUT_BODY)
             if done is None:
@@ -658,7 +664,7 @@ class DataPlane:
         (no open upstream socket). "answered"; "ended": the response came whole just before the
         sockets went; None: Envoy resets the stream there instead, or a request was forwarded
         meanwhile (the caller closes the client's connection)."""
-        head = (state.heads >> ((state.done + conn.answered_by_agent) & 63)) & 1
+        head = (state.heads >> _oldest_unanswered(conn, state)) & 1
         if _unanswered(conn, state) != 1 or state.rstate != _R_HEAD or head:
             return None
         self._drop_upstreams(conn)
@@ -734,10 +740,7 @@ class DataPlane:
         """Tell the program the reply is written (`acks`: the agent is its only writer). While a
         reply is held, no other can follow it (the next request punts as "reply pending"), so the
         count to acknowledge is the one it was taken at."""
-        self._write_ack(conn, conn.taken)
-
-    def _write_ack(self, conn: _Connection, value: int) -> None:
-        key, word = ct.c_uint64(conn.cookie), ct.c_uint32(value)
+        key, word = ct.c_uint64(conn.cookie), ct.c_uint32(conn.taken)
         if self._lib.bpf_update_elem(self._acks_fd, ct.byref(key), ct.byref(word), 0) < 0:
             raise OSError(ct.get_errno(), "reply acknowledgement")
 

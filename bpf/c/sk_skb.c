@@ -150,8 +150,7 @@ int l7fp_entry(struct __sk_buff *skb)
     if (c->mode != MODE_FAST || skb->len == 0)
         return SK_PASS;
     u32 *acked = acks.lookup(&cookie);
-    u32 ack = acked ? *acked : 0;
-    if (c->replies != ack)
+    if (c->replies != (acked ? *acked : 0))
         return l7fp_punt(c, cookie, V_REPLY_PENDING);
     if (l7fp_load(skb, c) < 0)
         return l7fp_punt(c, cookie, V_INCOMPLETE);

@@ -708,6 +708,28 @@ def _one_at_a_time(sock: socket.socket, requests=(ALLOWED_02, DENIED_02, ALLOWED
     return seen
 
 
+def _through_envoy_and_l7fp(backend: ScriptedBackend, ask, plane=DataPlane, between=lambda: None):
+    """`ask(sock)` on a client connection through real Envoy 1.40.0 (config 02 as the slow path runs
+    it, behind a PROXY header), then through l7fp's data plane (`plane`), both in front of `backend`:
+    (Envoy's, l7fp's, l7fp's counters). `between` runs in between; the backend is closed after."""
+    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
+    envoy = SlowPath(policy, {"app": backend.address})
+    try:
+        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
+        to_envoy.setblocking(True)
+        want = ask(to_envoy)
+        between()
+        address = ("127.0.0.1", free_port())
+        with plane(policy, generate(compile_policy(policy), policy.hcm), address, None,
+                   {"app": backend.address}).serving() as running:
+            got = ask(socket.create_connection(address, timeout=5))
+            counters = running.counters()
+    finally:
+        envoy.close()
+        backend.close()
+    return want, got, counters
+
+
 class _AgentLateForUpstreamCloses(DataPlane):
     """The data plane as it is when the agent has not yet reacted to an upstream's close (a loaded
     machine: CI once failed this way, docs/bugs/0011): only the kernel program knows."""
@@ -727,7 +749,6 @@ def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy(answe
     one Envoy's 200 (the kernel finds the upstream closed and punts it). However late the agent
     reacts, the request after the close must not be forwarded to the closed upstream: it would get
     no answer, and the connection would be closed."""
-    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
     backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + answer + b"\r\nok"],
                               delay=0.0, close=True, fin_with_last_bytes=fin.startswith("with"))
 
@@ -737,18 +758,7 @@ def test_an_upstream_closing_leaves_the_client_connection_open_as_in_envoy(answe
         assert backend.all_closed(3)
         time.sleep(0.1)  # for the proxies to take the FIN
 
-    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
-    try:
-        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
-        to_envoy.setblocking(True)
-        want = _one_at_a_time(to_envoy, after_the_first=idle)
-        address = ("127.0.0.1", free_port())
-        with plane(policy, generate(compile_policy(policy), policy.hcm), address, None,
-                   {"app": backend.address}).serving():
-            got = _one_at_a_time(socket.create_connection(address, timeout=5), after_the_first=idle)
-    finally:
-        envoy.close()
-        backend.close()
+    want, got, _ = _through_envoy_and_l7fp(backend, lambda sock: _one_at_a_time(sock, after_the_first=idle), plane)
     assert want == ["200", "403", "200"]  # Envoy drops the upstream's `connection: close`, keeps the client
     assert got == want
 
@@ -765,23 +775,16 @@ def test_an_upstream_announcing_its_close_gets_no_further_request_as_in_envoy(an
     one: else the next request races the upstream's close, and is lost if the close wins. Measured
     as requests per upstream connection, on Envoy and on l7fp in the same run (l7fp hands the
     connection to Envoy, which opens its own)."""
-    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
     backend = ScriptedBackend([answer], delay=0.0)  # never closes first
-    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
-    try:
-        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
-        to_envoy.setblocking(True)
-        want = _one_at_a_time(to_envoy, [ALLOWED_02, ALLOWED_02]), backend.requests
+
+    def two_allowed(sock):
+        return _one_at_a_time(sock, [ALLOWED_02, ALLOWED_02]), backend.requests
+
+    def new_record():
         backend.requests = []
-        address = ("127.0.0.1", free_port())
-        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
-                       {"app": backend.address}).serving() as plane:
-            got = _one_at_a_time(socket.create_connection(address, timeout=5), [ALLOWED_02, ALLOWED_02]), \
-                backend.requests
-            punts = plane.counters()["punts"]
-    finally:
-        envoy.close()
-        backend.close()
+
+    want, got, counters = _through_envoy_and_l7fp(backend, two_allowed, between=new_record)
+    punts = counters["punts"]
     keeps = b"Keep-Alive" in answer  # Envoy 1.40.0: one connection for both; else one each
     assert want == (["200", "200"], [2] if keeps else [1, 1])
     assert got == want
@@ -793,7 +796,6 @@ def test_an_upstream_closing_instead_of_answering_gets_envoys_503():
     the request): Envoy answers 503 and keeps the client's connection, and the third request gets
     a new upstream connection. l7fp's agent writes the same 503 (`wire.UPSTREAM_RESET_BODY`) and
     Envoy takes the third request. Measured on Envoy in the same run."""
-    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
     backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], delay=0.0, answers=1)
 
     def three_answers(sock: socket.socket) -> list[bytes]:
@@ -809,26 +811,15 @@ def test_an_upstream_closing_instead_of_answering_gets_envoys_503():
                     break
         return seen
 
-    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
-    try:
-        to_envoy = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
-        to_envoy.setblocking(True)
-        want = three_answers(to_envoy)
-        address = ("127.0.0.1", free_port())
-        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
-                       {"app": backend.address}).serving() as plane:
-            got = three_answers(socket.create_connection(address, timeout=5))
-            resets = plane.counters()["upstream_resets"]
-    finally:
-        envoy.close()
-        backend.close()
+    want, got, counters = _through_envoy_and_l7fp(backend, three_answers)
+
     def statuses(answers: list[bytes]) -> list[bytes]:
         return [a[9:12] if a.startswith(b"HTTP/1.1 ") else a for a in answers]
 
     assert statuses(want) == [b"200", b"503", b"200"]  # Envoy 1.40.0
     assert statuses(got) == statuses(want)
     assert got[1] == want[1]  # the 503 byte for byte (but its date)
-    assert resets == 1
+    assert counters["upstream_resets"] == 1
 
 
 _HTTP10_KEEP_ALIVE = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok"
@@ -844,24 +835,12 @@ def _head_shape(answer: bytes) -> tuple[str, list[str]]:
 def _first_answers(answer: bytes) -> tuple[bytes, bytes]:
     """An upstream answering `answer` to an allowed request: what the client reads, through real
     Envoy and through l7fp (whose kernel forwards it)."""
-    policy = load_policy([str(CONFIG_DIR / "02_rbac_deny_normalized.yaml")])
-    backend = ScriptedBackend([answer], delay=0.0)
-    envoy = SlowPath(policy, {"app": backend.address})  # real Envoy 1.40.0, behind a PROXY header
-    try:
-        sock = envoy.connect(("127.0.0.1", 40000), ("127.0.0.1", policy.listener[1]))
-        sock.setblocking(True)
+    def first_answer(sock: socket.socket) -> bytes:
         with sock:
             sock.sendall(ALLOWED_02)
-            want = _read_response(sock, b"", False)[0]
-        address = ("127.0.0.1", free_port())
-        with DataPlane(policy, generate(compile_policy(policy), policy.hcm), address, None,
-                       {"app": backend.address}).serving():
-            with socket.create_connection(address, timeout=5) as sock:
-                sock.sendall(ALLOWED_02)
-                got = _read_response(sock, b"", False)[0]
-    finally:
-        envoy.close()
-        backend.close()
+            return _read_response(sock, b"", False)[0]
+
+    want, got, _ = _through_envoy_and_l7fp(ScriptedBackend([answer], delay=0.0), first_answer)
     return want, got
 
 
